@@ -1,0 +1,1 @@
+"""BuboGPT model library: every network defined once in PyTorch."""

@@ -1,0 +1,96 @@
+"""`bubo`: the one command-line entry point. Subcommands import their modules lazily, so serving
+never pulls in training code and `bubo info` stays quick."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _info(args: argparse.Namespace) -> int:
+    from bubogpt.config import get_preset
+    from bubogpt.info import describe
+
+    cfg = get_preset(args.preset)
+    rows = describe(cfg)
+    if args.json:
+        print(json.dumps({"preset": cfg.name, "components": rows, "total_params": sum(r["params"] for r in rows)}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"BuboGPT preset {cfg.name}")
+    for column in ("component", "params", "input", "output"):
+        table.add_column(column, justify="right" if column == "params" else "left")
+    for row in rows:
+        table.add_row(row["component"], f"{row['params']:,}", str(row["input"]), str(row["output"]))
+    table.add_row("total", f"{sum(r['params'] for r in rows):,}", "", "")
+    Console().print(table)
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from bubogpt.defaults import write_random_model
+
+    path = write_random_model(args.out, preset=args.preset, seed=args.seed)
+    print(f"wrote {args.preset} weights (seed {args.seed}) to {path}")
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> int:
+    from bubogpt.reference import ReferencePipeline
+
+    pipeline = ReferencePipeline.from_dir(args.weights)
+    image = Path(args.image).read_bytes() if args.image else None
+    audio = Path(args.audio).read_bytes() if args.audio else None
+    result = pipeline.generate(args.text, image=image, audio=audio, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        print(json.dumps({"text": result.text, "token_ids": result.token_ids, "finish_reason": result.finish_reason,
+                          "prompt_tokens": result.prompt_tokens, "timings": result.timings}, indent=2))
+    else:
+        print(result.text)
+        print(f"[{len(result.token_ids)} tokens, finish={result.finish_reason}, prompt={result.prompt_tokens} positions, "
+              f"encode {result.timings['encode_s']:.3f}s, generate {result.timings['generate_s']:.3f}s]", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bubo", description="BuboGPT inference service")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="parameter counts and shapes per component")
+    info.add_argument("--preset", default="nano")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=_info)
+
+    init = sub.add_parser("init", help="write deterministic random weights of a preset in our format")
+    init.add_argument("--preset", default="nano")
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--out", required=True)
+    init.set_defaults(func=_init)
+
+    ref = sub.add_parser("reference", help="answer with the plain PyTorch reference pipeline (no server)")
+    ref.add_argument("text")
+    ref.add_argument("--image")
+    ref.add_argument("--audio")
+    ref.add_argument("--weights", help="model directory in our format (default: the built-in nano model)")
+    ref.add_argument("--max-new-tokens", type=int, default=64)
+    ref.add_argument("--json", action="store_true")
+    ref.set_defaults(func=_reference)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

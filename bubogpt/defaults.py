@@ -1,0 +1,50 @@
+"""The built-in default model: `nano` weights made deterministically from a seed.
+
+The files under bubogpt/default_model/ are what `write_default_model()` produces with
+DEFAULT_SEED; a test rebuilds them and compares bit for bit, so every machine serves the same
+model. (A later, trained default replaces the random weights; the format stays.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bubogpt.config import BuboConfig, get_preset
+from bubogpt.llm import build_llm
+from bubogpt.model import BuboGPT
+from bubogpt.tokenizer import build_tokenizer
+from bubogpt.weights import save_model
+
+DEFAULT_SEED = 0
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+
+
+def build_random_model(cfg: BuboConfig, seed: int):
+    """(BuboGPT, LlamaForCausalLM, tokenizer) with weights drawn from `seed`, on CPU, float32."""
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = BuboGPT(cfg).eval()
+        llm = build_llm(cfg.llm)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    tokenizer = build_tokenizer(cfg.llm.vocab_size)
+    return model, llm, tokenizer
+
+
+def write_random_model(out: str | Path, preset: str = "nano", seed: int = DEFAULT_SEED) -> Path:
+    cfg = get_preset(preset)
+    model, llm, tokenizer = build_random_model(cfg, seed)
+    provenance = {"kind": "random", "seed": seed, "command": f"bubo init --preset {preset} --seed {seed} --out DIR"}
+    return save_model(model, out, llm=llm, tokenizer=tokenizer, provenance=provenance)
+
+
+def default_model_dir() -> Path:
+    if not (DEFAULT_MODEL_DIR / "bubogpt.json").is_file():
+        raise FileNotFoundError(
+            f"the built-in default model is missing from {DEFAULT_MODEL_DIR}; "
+            "recreate it with `bubo init --preset nano --out bubogpt/default_model`"
+        )
+    return DEFAULT_MODEL_DIR

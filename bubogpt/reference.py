@@ -1,0 +1,141 @@
+"""The reference pipeline on plain PyTorch: image and/or audio + conversation -> greedy answer.
+
+No batching, no cache, no server: the oracle that the served path (Triton + vLLM) is compared
+with, token for token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from bubogpt.audio_features import audio_bytes_to_clips
+from bubogpt.image import image_bytes_to_pixels
+from bubogpt.llm import load_llm
+from bubogpt.model import BuboGPT
+from bubogpt.prompt import PromptError, PromptLayout, Turn, build_prompt, layout_prompt, splice_embeddings, truncate_at_stop
+from bubogpt.tokenizer import load_tokenizer
+from bubogpt.weights import llm_dir, load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (### or EOS) or "length"
+    prompt_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class ReferencePipeline:
+    def __init__(self, model: BuboGPT, llm, tokenizer):
+        self.model = model.eval()
+        self.llm = llm.eval()
+        self.tokenizer = tokenizer
+        self.cfg = model.cfg
+
+    @classmethod
+    def from_dir(cls, directory: str | Path | None = None) -> "ReferencePipeline":
+        if directory is None:
+            from bubogpt.defaults import default_model_dir
+
+            directory = default_model_dir()
+        model = load_model(directory)
+        return cls(model, load_llm(llm_dir(directory)), load_tokenizer(llm_dir(directory)))
+
+    @torch.inference_mode()
+    def embed_image(self, data: bytes) -> torch.Tensor:
+        pixels = image_bytes_to_pixels(data, self.cfg.vision)
+        return self.model.embed_image(pixels[None])[0]
+
+    @torch.inference_mode()
+    def embed_audio(self, data: bytes) -> torch.Tensor:
+        clips = audio_bytes_to_clips(data, self.cfg.audio)
+        return self.model.embed_audio(clips[None])[0]
+
+    def layout(self, turns: Sequence[Turn], modalities: Sequence[str]) -> PromptLayout:
+        prompt = build_prompt(turns, modalities)
+        return layout_prompt(self.tokenizer, prompt, self.cfg.vision_qformer.num_queries)
+
+    @torch.inference_mode()
+    def prompt_embeds(
+        self,
+        turns: Sequence[Turn],
+        image_embeds: torch.Tensor | None = None,
+        audio_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[seq, hidden] input embeddings: the template's tokens with the modality rows spliced in."""
+        modalities, rows = [], []
+        if image_embeds is not None:
+            modalities.append("image")
+            rows.append(image_embeds)
+        if audio_embeds is not None:
+            modalities.append("audio")
+            rows.append(audio_embeds)
+        layout = self.layout(turns, modalities)
+        return splice_embeddings(layout, rows, self.llm.get_input_embeddings())
+
+    @torch.inference_mode()
+    def generate_from_embeds(self, embeds: torch.Tensor, max_new_tokens: int = 64) -> Generation:
+        """Greedy decoding from prompt embeddings; stops at `###`, EOS or max_new_tokens."""
+        context = self.cfg.llm.max_position_embeddings
+        if embeds.shape[0] >= context:
+            raise PromptError(f"the prompt has {embeds.shape[0]} positions, the model's context is {context}")
+        max_new_tokens = min(max_new_tokens, context - embeds.shape[0])
+        eos = self.tokenizer.eos_token_id
+        start = time.perf_counter()
+        out = self.llm(inputs_embeds=embeds[None], use_cache=True)
+        past = out.past_key_values
+        token_ids: list[int] = []
+        finish_reason = "length"
+        text = ""
+        first_token_s = None
+        for _ in range(max_new_tokens):
+            next_id = int(out.logits[0, -1].argmax())
+            if first_token_s is None:
+                first_token_s = time.perf_counter() - start
+            token_ids.append(next_id)
+            if next_id == eos:
+                finish_reason = "stop"
+                break
+            text, stopped = truncate_at_stop(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+            if stopped:
+                finish_reason = "stop"
+                break
+            out = self.llm(input_ids=torch.tensor([[next_id]]), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+        if finish_reason == "stop" and token_ids and token_ids[-1] == eos:
+            text, _ = truncate_at_stop(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+        total = time.perf_counter() - start
+        return Generation(
+            text=text.strip(),
+            token_ids=token_ids,
+            finish_reason=finish_reason,
+            prompt_tokens=int(embeds.shape[0]),
+            timings={"first_token_s": first_token_s or 0.0, "generate_s": total},
+        )
+
+    def generate(
+        self,
+        turns: Sequence[Turn] | str,
+        image: bytes | None = None,
+        audio: bytes | None = None,
+        max_new_tokens: int = 64,
+    ) -> Generation:
+        if isinstance(turns, str):
+            turns = [Turn("user", turns)]
+        start = time.perf_counter()
+        image_embeds = self.embed_image(image) if image is not None else None
+        audio_embeds = self.embed_audio(audio) if audio is not None else None
+        encode_s = time.perf_counter() - start
+        embeds = self.prompt_embeds(turns, image_embeds, audio_embeds)
+        result = self.generate_from_embeds(embeds, max_new_tokens=max_new_tokens)
+        result.timings["encode_s"] = encode_s
+        return result
