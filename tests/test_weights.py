@@ -1,0 +1,95 @@
+"""Our format: exact round trips, strict loading, and the built-in default rebuilt bit for bit."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from bubogpt.config import get_preset, nano
+from bubogpt.defaults import DEFAULT_MODEL_DIR, DEFAULT_SEED, build_random_model, write_random_model
+from bubogpt.model import MODALITY_COMPONENTS
+from bubogpt.weights import WeightsError, load_model, read_config, save_model
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    return build_random_model(nano(), seed=123)
+
+
+def test_round_trip_is_exact(tmp_path, random_model):
+    model, llm, tokenizer = random_model
+    save_model(model, tmp_path, llm=llm, tokenizer=tokenizer)
+    loaded = load_model(tmp_path)
+    assert read_config(tmp_path) == model.cfg
+    for name in MODALITY_COMPONENTS:
+        original, restored = getattr(model, name).state_dict(), getattr(loaded, name).state_dict()
+        assert original.keys() == restored.keys()
+        for key in original:
+            assert torch.equal(original[key], restored[key]), f"{name}.{key}"
+    from bubogpt.llm import load_llm
+
+    llm2 = load_llm(tmp_path / "llm")
+    for key, value in llm.state_dict().items():
+        assert torch.equal(value, llm2.state_dict()[key]), key
+
+
+def test_loading_names_missing_unexpected_and_misshaped_tensors(tmp_path, random_model):
+    model, _, _ = random_model
+    save_model(model, tmp_path)
+    path = tmp_path / "vision_proj.safetensors"
+    state = load_file(str(path))
+    save_file({"weight": state["weight"]}, str(path))
+    with pytest.raises(WeightsError, match=r"missing \['bias'\]"):
+        load_model(tmp_path)
+    save_file({**state, "extra": torch.zeros(1)}, str(path))
+    with pytest.raises(WeightsError, match=r"unexpected \['extra'\]"):
+        load_model(tmp_path)
+    save_file({"weight": state["weight"][:, :-1].contiguous(), "bias": state["bias"]}, str(path))
+    with pytest.raises(WeightsError, match=r"mis-shaped \['weight: file \[128, 63\] vs model \[128, 64\]'\]"):
+        load_model(tmp_path)
+
+
+def test_component_config_mismatch_is_refused(tmp_path, random_model):
+    model, _, _ = random_model
+    save_model(model, tmp_path)
+    config = json.loads((tmp_path / "audio_encoder.json").read_text())
+    config["depth"] = 3
+    (tmp_path / "audio_encoder.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsError, match=r"audio_encoder.json: config differs .*depth"):
+        load_model(tmp_path)
+
+
+def test_not_a_model_directory(tmp_path):
+    with pytest.raises(WeightsError, match="not a BuboGPT model directory"):
+        load_model(tmp_path)
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    a, _, _ = build_random_model(nano(), seed=5)
+    b, _, _ = build_random_model(nano(), seed=5)
+    c, _, _ = build_random_model(nano(), seed=6)
+    key = "vision_qformer"
+    for name, tensor in getattr(a, key).state_dict().items():
+        assert torch.equal(tensor, getattr(b, key).state_dict()[name])
+    assert not torch.equal(a.vision_proj.weight, c.vision_proj.weight)
+
+
+def _without_version(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    data.pop("transformers_version", None)
+    return data
+
+
+def test_builtin_default_is_rebuilt_bit_for_bit(tmp_path):
+    write_random_model(tmp_path, preset="nano", seed=DEFAULT_SEED)
+    committed = sorted(p.relative_to(DEFAULT_MODEL_DIR) for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
+    rebuilt = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert committed == rebuilt
+    for relative in committed:
+        if relative.name in ("config.json", "generation_config.json"):
+            assert _without_version(DEFAULT_MODEL_DIR / relative) == _without_version(tmp_path / relative)
+        else:
+            assert (DEFAULT_MODEL_DIR / relative).read_bytes() == (tmp_path / relative).read_bytes(), relative
+    assert read_config(DEFAULT_MODEL_DIR) == get_preset("nano")
