@@ -10,6 +10,10 @@ imported beside the CPU torch:
     -> pad or bilinear-resize to [128, 204] -> (x - mean) / std
 
 Output: float32 ``[num_clips, 1, num_mel_bins, target_frames]``.
+
+The global clip follows ``cfg.use_global_clip``. BuboGPT trained its audio Q-Former with it
+(``use_global: True`` in the stage configs), but its eval processor's ``from_config`` drops the
+option, so the official demo/eval fed 6 clips, not 7.
 """
 
 from __future__ import annotations
@@ -112,14 +116,13 @@ def resample_kernel_taps(orig_sr: int, new_sr: int, lowpass_filter_width: int = 
     return new * (2 * width + orig)
 
 
-@functools.lru_cache(maxsize=16)
 def _sinc_kernel(orig: int, new: int, dtype: torch.dtype, lowpass_filter_width: int = 6, rolloff: float = 0.99):
     """Polyphase windowed-sinc filter bank [new, 1, 2*width + orig] for reduced rates orig -> new.
 
     Output phase j (time j/new) weights input samples at times i/orig with
     sinc(pi * base * (i/orig - j/new)) * hann window, base = min(orig, new) * rolloff being
-    the anti-aliasing cut-off. Built in the waveform's dtype, as torchaudio does, so the taps
-    match it bit for bit.
+    the anti-aliasing cut-off. Built per call (cheap) in the waveform's dtype with the same
+    operations as torchaudio, so the taps match it.
     """
     base = min(orig, new) * rolloff
     width = math.ceil(lowpass_filter_width * orig / base)
@@ -167,42 +170,47 @@ def resample(waveform: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
 # Kaldi fbank (torchaudio.compliance.kaldi.fbank with ImageBind's arguments)
 
 
+# The constant matrices below are cached as numpy arrays, never as tensors: a tensor created
+# while torch.export traces (a FakeTensor) must not leak into later eager calls.
+
+
 @functools.lru_cache(maxsize=8)
-def _dft_basis(window_size: int, fft_size: int, dtype: torch.dtype) -> torch.Tensor:
+def _dft_basis(window_size: int, fft_size: int) -> np.ndarray:
     """[window_size, 2 * (fft_size // 2 + 1)] real DFT basis (cos | -sin) of a zero-padded frame.
 
     A matmul instead of torch.fft keeps the front end exportable to ONNX/TensorRT; the zero
     padding to `fft_size` is folded in by only keeping the first `window_size` rows.
     """
-    n = torch.arange(window_size, dtype=torch.float64)[:, None]
-    k = torch.arange(fft_size // 2 + 1, dtype=torch.float64)[None, :]
-    # reduce n*k modulo fft_size first so the angle stays exact for large products
-    angle = 2 * math.pi * torch.remainder(n * k, fft_size) / fft_size
-    return torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1).to(dtype)
+    n = np.arange(window_size)[:, None]
+    k = np.arange(fft_size // 2 + 1)[None, :]
+    angle = 2 * np.pi * ((n * k) % fft_size) / fft_size  # exact integer phase first
+    return np.concatenate([np.cos(angle), -np.sin(angle)], axis=1)
 
 
-def _mel(freq: torch.Tensor) -> torch.Tensor:
-    return 1127.0 * torch.log1p(freq / 700.0)  # Kaldi's mel scale
+def _mel(freq: np.ndarray | float) -> np.ndarray:
+    return 1127.0 * np.log1p(np.asarray(freq, dtype=np.float64) / 700.0)  # Kaldi's mel scale
 
 
 @functools.lru_cache(maxsize=8)
-def _mel_banks(num_bins: int, fft_size: int, sample_rate: int, dtype: torch.dtype) -> torch.Tensor:
+def _mel_banks(num_bins: int, fft_size: int, sample_rate: int) -> np.ndarray:
     """[fft_size // 2 + 1, num_bins] Kaldi triangular filters (equal width in mel, 20 Hz..Nyquist).
 
-    The Nyquist row stays zero, as in Kaldi.
+    The Nyquist row stays zero, as in Kaldi. Unlike Kaldi, but like torchaudio, bins too narrow
+    to contain an FFT bin are kept (all-zero: 128 bins at 16 kHz have one, giving log(eps)).
     """
-    nyquist = 0.5 * sample_rate
-    mel_low, mel_high = _mel(torch.tensor(_LOW_FREQ_HZ, dtype=torch.float64)), _mel(
-        torch.tensor(nyquist, dtype=torch.float64)
-    )
+    mel_low, mel_high = _mel(_LOW_FREQ_HZ), _mel(0.5 * sample_rate)  # high_freq 0 -> Nyquist
     delta = (mel_high - mel_low) / (num_bins + 1)
-    b = torch.arange(num_bins, dtype=torch.float64)[None, :]
+    b = np.arange(num_bins)[None, :]
     left, center, right = mel_low + b * delta, mel_low + (b + 1) * delta, mel_low + (b + 2) * delta
-    bin_mel = _mel(torch.arange(fft_size // 2, dtype=torch.float64) * (sample_rate / fft_size))[:, None]
+    bin_mel = _mel(np.arange(fft_size // 2) * (sample_rate / fft_size))[:, None]
     up = (bin_mel - left) / (center - left)
     down = (right - bin_mel) / (right - center)
-    weights = torch.clamp(torch.minimum(up, down), min=0.0)
-    return F.pad(weights, (0, 0, 0, 1)).to(dtype)
+    weights = np.maximum(np.minimum(up, down), 0.0)
+    return np.concatenate([weights, np.zeros((1, num_bins))], axis=0)
+
+
+def _constant(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(array).to(dtype=like.dtype, device=like.device)
 
 
 def kaldi_fbank(
@@ -226,7 +234,6 @@ def kaldi_fbank(
     window_size = int(sample_rate * frame_length_ms * 0.001)
     window_shift = int(sample_rate * frame_shift_ms * 0.001)
     fft_size = 1 << (window_size - 1).bit_length()
-    dtype = waveform.dtype
     if waveform.shape[0] < window_size:
         return waveform.new_zeros((0, num_mel_bins))
 
@@ -235,13 +242,13 @@ def kaldi_fbank(
     # pre-emphasis; Kaldi reuses each frame's first sample as its own predecessor
     previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)
     frames = frames - _PREEMPHASIS * previous
-    window = torch.hann_window(window_size, periodic=False, dtype=torch.float64).to(dtype)
+    window = torch.hann_window(window_size, periodic=False, dtype=waveform.dtype, device=waveform.device)
     frames = frames * window
 
-    spectrum = frames @ _dft_basis(window_size, fft_size, dtype).to(waveform.device)
+    spectrum = frames @ _constant(_dft_basis(window_size, fft_size), frames)
     real, imag = spectrum.chunk(2, dim=1)
     power = real * real + imag * imag  # [num_frames, fft_size // 2 + 1]
-    mel_energies = power @ _mel_banks(num_mel_bins, fft_size, sample_rate, dtype).to(waveform.device)
+    mel_energies = power @ _constant(_mel_banks(num_mel_bins, fft_size, sample_rate), power)
     return mel_energies.clamp_min(_LOG_FLOOR).log()
 
 
@@ -269,7 +276,8 @@ def clip_bounds(num_samples: int, cfg: AudioEncoderConfig) -> list[tuple[int, in
 def _melspec(clip: torch.Tensor, cfg: AudioEncoderConfig) -> torch.Tensor:
     """One clip -> [1, num_mel_bins, target_frames] (before normalisation)."""
     # Out of place on purpose: the original subtracts in place through a view of the shared
-    # waveform, so overlapping later clips (and the global clip) see earlier clips' means.
+    # waveform, so overlapping later clips (and the global clip) see earlier clips' means
+    # (an accident; it moves normalised values by up to ~1e-2). We do not reproduce it.
     clip = clip - clip.mean()
     spec = kaldi_fbank(clip, cfg.sample_rate, cfg.num_mel_bins).T[None]  # [1, mel, frames]
     frames = spec.shape[-1]

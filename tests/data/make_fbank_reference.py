@@ -1,9 +1,17 @@
-"""Write tests/data/fbank_reference.npz: Kaldi fbank features from an independent implementation.
+"""Write tests/data/fbank_reference.npz: Kaldi fbank features from implementations independent of ours.
 
-The features pin bubogpt.audio_features.kaldi_fbank. They come from kaldi-native-fbank (a C++
-port of Kaldi's feature code, unrelated to torchaudio and to our torch code), with the options
-ImageBind passes to torchaudio.compliance.kaldi.fbank: 16 kHz, 25 ms / 10 ms frames, 128 mel
-bins, no dither, Hann ("hanning") window, no energy; everything else at Kaldi's defaults.
+The file pins bubogpt.audio_features.kaldi_fbank (torch) against:
+
+1. kaldi-native-fbank (a C++ port of Kaldi's feature code, unrelated to torchaudio and to our
+   torch code), full OnlineFbank pipeline, with the options ImageBind passes to
+   torchaudio.compliance.kaldi.fbank: 16 kHz, 25 ms / 10 ms frames, no dither, Hann
+   ("hanning") window, no energy; everything else at Kaldi's defaults (DC removal,
+   pre-emphasis 0.97, 512-point FFT, power spectrum, mel 20 Hz..Nyquist, log).
+   Kaldi refuses more than 126 mel bins at 16 kHz / 512-point FFT (the lowest triangles get
+   narrower than one FFT bin and would be empty), so these use 126 and 80 bins.
+2. For ImageBind's 128 bins (where torchaudio, unlike Kaldi, keeps the empty bins, which come out
+   as log(float32 eps)), a float64 numpy transcription of the same Kaldi recipe below. The script
+   first checks that this numpy pipeline reproduces kaldi-native-fbank at 126 and 80 bins.
 
 Not needed by the test suite. To regenerate (from the repository root):
 
@@ -11,8 +19,9 @@ Not needed by the test suite. To regenerate (from the repository root):
     /tmp/refvenv/bin/pip install kaldi-native-fbank numpy
     /tmp/refvenv/bin/python tests/data/make_fbank_reference.py
 
-The signals are stored in the file as float32 (so the test does not depend on numpy's random
-streams staying the same); RECIPES below documents how they were made.
+The signals are stored as float32 in the file (the test then does not depend on numpy's random
+streams); RECIPES documents how they were made. Both implementations get the same float values
+(no int16 scaling).
 """
 
 from __future__ import annotations
@@ -25,12 +34,15 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 OUT = Path(__file__).with_name("fbank_reference.npz")
+LOG_FLOOR = float(np.finfo(np.float32).eps)
 
 RECIPES = {
     "tones": "1 s: 0.5 sin(2 pi 440 t) + 0.3 sin(2 pi 1000 t) + 0.01 N(0,1) noise (seed 0)",
-    "chirp": "1.5 s: 0.5 sin(2 pi (100 t + (7000-100) t^2 / (2 * 1.5))) (linear 100 Hz -> 7 kHz) + 0.005 N(0,1) (seed 1)",
-    "noise": "0.25 s: 0.1 N(0,1) white noise (seed 2) plus a 0.05 DC offset",
+    "chirp": "1.5 s: 0.5 sin(2 pi (100 t + 6900 t^2 / 3)) (linear 100 Hz -> 7 kHz) + 0.005 N(0,1) noise (seed 1)",
+    "noise": "0.25 s: 0.1 N(0,1) white noise (seed 2) + 0.05 DC offset",
 }
+# knf mel-bin count used for each signal's kaldi-native-fbank reference
+KNF_BINS = {"tones": 126, "chirp": 126, "noise": 80}
 
 
 def make_signals() -> dict[str, np.ndarray]:
@@ -47,7 +59,7 @@ def make_signals() -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in {"tones": tones, "chirp": chirp, "noise": noise}.items()}
 
 
-def fbank_options() -> knf.FbankOptions:
+def knf_options(num_bins: int) -> knf.FbankOptions:
     opts = knf.FbankOptions()
     opts.frame_opts.samp_freq = SAMPLE_RATE
     opts.frame_opts.frame_length_ms = 25.0
@@ -58,7 +70,7 @@ def fbank_options() -> knf.FbankOptions:
     opts.frame_opts.preemph_coeff = 0.97
     opts.frame_opts.round_to_power_of_two = True
     opts.frame_opts.snip_edges = True
-    opts.mel_opts.num_bins = 128
+    opts.mel_opts.num_bins = num_bins
     opts.mel_opts.low_freq = 20.0
     opts.mel_opts.high_freq = 0.0  # 0 -> Nyquist
     opts.mel_opts.is_librosa = False  # Kaldi mel scale 1127 ln(1 + f/700), unnormalised triangles
@@ -69,25 +81,58 @@ def fbank_options() -> knf.FbankOptions:
     return opts
 
 
-def kaldi_features(signal: np.ndarray) -> np.ndarray:
-    fbank = knf.OnlineFbank(fbank_options())
-    # the same float values our torch code sees (no int16 scaling)
+def knf_fbank(signal: np.ndarray, num_bins: int) -> np.ndarray:
+    fbank = knf.OnlineFbank(knf_options(num_bins))
     fbank.accept_waveform(SAMPLE_RATE, signal.tolist())
     fbank.input_finished()
-    return np.stack([np.asarray(fbank.get_frame(i)) for i in range(fbank.num_frames_ready)]).astype(np.float32)
+    return np.stack([np.asarray(fbank.get_frame(i)) for i in range(fbank.num_frames_ready)])
+
+
+def numpy_fbank(signal: np.ndarray, num_bins: int) -> np.ndarray:
+    """Kaldi's fbank recipe in float64 numpy (no bin-emptiness check, like torchaudio)."""
+    size, shift, nfft = 400, 160, 512
+    x = signal.astype(np.float64)
+    n_frames = 1 + (len(x) - size) // shift
+    frames = np.stack([x[i * shift : i * shift + size] for i in range(n_frames)])
+    frames -= frames.mean(axis=1, keepdims=True)
+    frames = frames - 0.97 * np.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
+    frames *= 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(size) / (size - 1))  # Kaldi "hanning"
+    power = np.abs(np.fft.rfft(frames, n=nfft)) ** 2
+
+    def mel(f):
+        return 1127.0 * np.log(1.0 + np.asarray(f) / 700.0)
+
+    lo, hi = mel(20.0), mel(SAMPLE_RATE / 2)
+    delta = (hi - lo) / (num_bins + 1)
+    fft_mel = mel(np.arange(nfft // 2) * SAMPLE_RATE / nfft)
+    banks = np.zeros((num_bins, nfft // 2 + 1))
+    for b in range(num_bins):
+        left, center, right = lo + b * delta, lo + (b + 1) * delta, lo + (b + 2) * delta
+        rising = (fft_mel - left) / (center - left)
+        falling = (right - fft_mel) / (right - center)
+        banks[b, : nfft // 2] = np.clip(np.minimum(rising, falling), 0.0, None)
+    return np.log(np.maximum(power @ banks.T, LOG_FLOOR))
 
 
 def main() -> None:
     signals = make_signals()
     arrays: dict[str, np.ndarray] = {}
     for name, signal in signals.items():
-        feats = kaldi_features(signal)
-        print(f"{name}: {signal.shape[0]} samples -> fbank {feats.shape}, range [{feats.min():.2f}, {feats.max():.2f}]")
+        bins = KNF_BINS[name]
+        ref = knf_fbank(signal, bins)
+        mine = numpy_fbank(signal, bins)
+        diff = np.abs(ref - mine).max()
+        print(f"{name}: {signal.shape[0]} samples -> {ref.shape}; numpy vs kaldi-native-fbank max diff {diff:.2e}")
+        assert diff < 1e-2, "the numpy transcription does not reproduce kaldi-native-fbank"
+        full = numpy_fbank(signal, 128)
+        print(f"  128 bins: {full.shape}, empty bins (log eps): {int((full == np.log(LOG_FLOOR)).all(axis=0).sum())}")
         arrays[f"{name}_signal"] = signal
-        arrays[f"{name}_fbank"] = feats
+        arrays[f"{name}_knf{bins}"] = ref.astype(np.float32)
+        arrays[f"{name}_numpy128"] = full.astype(np.float32)
     meta = {
-        "generator": f"kaldi-native-fbank {getattr(knf, '__version__', '?')}",
-        "options": str(fbank_options()),
+        "generator": f"kaldi-native-fbank {getattr(knf, '__version__', '')}".strip() + " + numpy float64 (128 bins)",
+        "knf_options": {name: str(knf_options(b)) for name, b in KNF_BINS.items()},
+        "knf_bins": KNF_BINS,
         "sample_rate": SAMPLE_RATE,
         "recipes": RECIPES,
     }
