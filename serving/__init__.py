@@ -1,0 +1,1 @@
+"""Serving: gRPC frontend, LLM engine adapter, Triton launcher, CLI client."""

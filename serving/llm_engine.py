@@ -1,0 +1,501 @@
+"""The LLM engine behind the frontend: a conversation + modality embeddings in, streamed text out.
+
+Two engines share one interface:
+
+* `VLLMEngine` (the default): vLLM's AsyncLLM, continuous batching, prefix caching. The modality
+  embeddings reach it as `prompt_embeds`: the whole input sequence as embeddings, text rows taken
+  from the LLM's own embedding table, image/audio rows spliced in (see `INJECTION_ROUTE` below for
+  why this route and not the others).
+* `TorchEngine`: plain PyTorch (transformers), one request at a time; the benchmark baseline and
+  the oracle's twin. Selected explicitly (`--llm-engine torch`).
+
+Everything is validated before it reaches vLLM: vLLM does not check prompt_embeds, and one tensor
+of the wrong width kills its engine for every later request. If the engine dies anyway, the
+adapter reports it to the requests in flight and starts a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Sequence
+
+import torch
+from safetensors import safe_open
+
+from bubogpt.llm import llm_config_from_hf
+from bubogpt.prompt import (
+    STOP_STRING,
+    PromptError,
+    PromptLayout,
+    Turn,
+    build_prompt,
+    layout_prompt,
+    splice_embeddings,
+    truncate_at_stop,
+)
+from bubogpt.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+# Why prompt_embeds (measured in benchmarks/results/injection_routes.md, run by
+# `python -m benchmarks.injection_routes`): on this model the pure-embeddings route gave the same
+# greedy tokens as the PyTorch reference, the same throughput and time to first token as the
+# mixed route (token ids + embeddings), and prefix caching still serves the second turn of a chat
+# about the same image, because the image rows are bit-identical (embeddings are cached by content
+# hash upstream). The mixed route needs the same full-length embedding tensor, so it saves nothing
+# on the wire.
+INJECTION_ROUTE = "embeds"
+ROUTES = ("embeds", "mixed")
+
+
+class EngineRequestError(ValueError):
+    """A request the engine refuses; the message starts with the offending field."""
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine failed (and is being restarted); the request was not completed."""
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if not (0.0 <= self.temperature <= 5.0) or self.temperature != self.temperature:
+            raise EngineRequestError(f"sampling.temperature: must be in [0, 5], got {self.temperature}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise EngineRequestError(f"sampling.top_p: must be in (0, 1], got {self.top_p}")
+        if not (1 <= self.max_new_tokens <= 8192):
+            raise EngineRequestError(f"sampling.max_new_tokens: must be in [1, 8192], got {self.max_new_tokens}")
+        if self.seed is not None and not (0 <= self.seed < 2**63):
+            raise EngineRequestError(f"sampling.seed: must be in [0, 2^63), got {self.seed}")
+
+
+@dataclass(frozen=True)
+class ModalityEmbeds:
+    modality: str  # "image" or "audio"
+    embeds: torch.Tensor  # [num_queries, llm_hidden]
+
+
+@dataclass
+class TextDelta:
+    text: str
+    token_ids: list[int]
+
+
+@dataclass
+class Finished:
+    text: str
+    finish_reason: str  # "stop" (### or EOS), "length", "abort"
+    prompt_tokens: int
+    completion_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedPrompt:
+    layout: PromptLayout
+    embeds: torch.Tensor  # [seq, hidden], float32
+    max_new_tokens: int
+
+
+class EmbeddingTable:
+    """The LLM's token embedding matrix, read from the model directory without loading the LLM."""
+
+    def __init__(self, llm_dir: Path):
+        weights = sorted(llm_dir.glob("*.safetensors"))
+        name = "model.embed_tokens.weight"
+        for path in weights:
+            with safe_open(str(path), framework="pt") as handle:
+                if name in handle.keys():
+                    self.weight = handle.get_tensor(name).float()
+                    break
+        else:
+            raise FileNotFoundError(f"{llm_dir}: no safetensors file holds {name}")
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.embedding(ids, self.weight)
+
+
+class EngineBase:
+    """Prompt building and validation, shared by every engine."""
+
+    def __init__(self, llm_dir: str | Path, num_query_tokens: int = 32):
+        from transformers import AutoConfig
+
+        self.llm_dir = Path(llm_dir)
+        self.tokenizer = load_tokenizer(self.llm_dir)
+        self.llm_cfg = llm_config_from_hf(AutoConfig.from_pretrained(str(self.llm_dir)))
+        self.num_query_tokens = num_query_tokens
+        self.context = self.llm_cfg.max_position_embeddings
+        self.embed_table = EmbeddingTable(self.llm_dir)
+
+    def prepare(
+        self, turns: Sequence[Turn], modalities: Sequence[ModalityEmbeds], sampling: SamplingOptions
+    ) -> PreparedPrompt:
+        sampling.validate()
+        hidden = self.llm_cfg.hidden
+        for i, item in enumerate(modalities):
+            where = f"{item.modality}_embeddings" if item.modality in ("image", "audio") else f"modalities[{i}]"
+            embeds = item.embeds
+            if not isinstance(embeds, torch.Tensor):
+                raise EngineRequestError(f"{where}: expected a tensor, got {type(embeds).__name__}")
+            if not embeds.dtype.is_floating_point:
+                raise EngineRequestError(f"{where}: dtype must be floating point, got {embeds.dtype}")
+            if tuple(embeds.shape) != (self.num_query_tokens, hidden):
+                raise EngineRequestError(
+                    f"{where}: shape must be [{self.num_query_tokens}, {hidden}], got {list(embeds.shape)}"
+                )
+            if not bool(torch.isfinite(embeds).all()):
+                raise EngineRequestError(f"{where}: contains NaN or infinite values")
+        try:
+            prompt = build_prompt(turns, [m.modality for m in modalities])
+        except PromptError as exc:
+            raise EngineRequestError(str(exc)) from None
+        layout = layout_prompt(self.tokenizer, prompt, self.num_query_tokens, fill_id=self.tokenizer.pad_token_id or 0)
+        if len(layout) >= self.context:
+            raise EngineRequestError(
+                f"turns: the prompt takes {len(layout)} positions, the model's context is {self.context}"
+            )
+        embeds = splice_embeddings(layout, [m.embeds.float() for m in modalities], self.embed_table)
+        max_new = min(sampling.max_new_tokens, self.context - len(layout))
+        return PreparedPrompt(layout=layout, embeds=embeds, max_new_tokens=max_new)
+
+    async def start(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    async def stop(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def generate(
+        self,
+        turns: Sequence[Turn],
+        modalities: Sequence[ModalityEmbeds] = (),
+        sampling: SamplingOptions = SamplingOptions(),
+        request_id: str | None = None,
+    ) -> AsyncIterator[TextDelta | Finished]:
+        raise NotImplementedError
+
+
+class VLLMEngine(EngineBase):
+    """vLLM AsyncLLM with modality embeddings injected as prompt embeddings."""
+
+    def __init__(
+        self,
+        llm_dir: str | Path,
+        num_query_tokens: int = 32,
+        dtype: str = "auto",
+        route: str = INJECTION_ROUTE,
+        kv_cache_gib: float = 1.0,
+        max_num_seqs: int = 64,
+        enable_prefix_caching: bool = True,
+        restart_on_failure: bool = True,
+    ):
+        super().__init__(llm_dir, num_query_tokens)
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+        self.route = route
+        self.dtype = dtype
+        self.kv_cache_gib = kv_cache_gib
+        self.max_num_seqs = max_num_seqs
+        self.enable_prefix_caching = enable_prefix_caching
+        self.restart_on_failure = restart_on_failure
+        self.engine = None
+        self.restarts = 0
+        self._restart_lock = asyncio.Lock()
+
+    def _engine_args(self):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        if not torch.cuda.is_available():
+            # The default KV sizing fails on CPU machines that report a small NUMA node.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(self.kv_cache_gib)))))
+        dtype = self.dtype
+        if dtype == "auto":
+            dtype = "float32" if self.llm_cfg.hidden <= 1024 else ("float16" if torch.cuda.is_available() else "bfloat16")
+        return AsyncEngineArgs(
+            model=str(self.llm_dir),
+            tokenizer=str(self.llm_dir),
+            dtype=dtype,
+            max_model_len=self.context,
+            enable_prompt_embeds=True,
+            enable_prefix_caching=self.enable_prefix_caching,
+            max_num_seqs=self.max_num_seqs,
+            seed=0,
+            disable_log_stats=True,
+        )
+
+    async def start(self) -> None:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        start = time.perf_counter()
+        self.engine = AsyncLLM.from_engine_args(self._engine_args())
+        log.info("vLLM engine ready in %.1f s (route %s)", time.perf_counter() - start, self.route)
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+    @property
+    def num_unfinished(self) -> int:
+        return 0 if self.engine is None else self.engine.output_processor.get_num_unfinished_requests()
+
+    async def _restart(self, failed_engine) -> None:
+        async with self._restart_lock:
+            if self.engine is not failed_engine:
+                return  # someone else restarted it already
+            log.error("vLLM engine died; restarting it")
+            try:
+                failed_engine.shutdown()
+            except Exception:  # noqa: BLE001 - a dead engine may fail to shut down; we replace it anyway
+                log.exception("shutting down the dead engine failed")
+            self.engine = None
+            self.restarts += 1
+            await self.start()
+
+    def engine_prompt(self, prepared: PreparedPrompt) -> dict:
+        if self.route == "embeds":
+            return {"prompt_embeds": prepared.embeds}
+        return {
+            "prompt_embeds": prepared.embeds,
+            "prompt_token_ids": prepared.layout.token_ids,
+            "prompt_is_token_ids": prepared.layout.is_text,
+        }
+
+    async def generate(
+        self,
+        turns: Sequence[Turn],
+        modalities: Sequence[ModalityEmbeds] = (),
+        sampling: SamplingOptions = SamplingOptions(),
+        request_id: str | None = None,
+    ) -> AsyncIterator[TextDelta | Finished]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        prepared = self.prepare(turns, modalities, sampling)
+        if self.engine is None:
+            raise EngineUnavailable("the LLM engine is not running")
+        engine = self.engine
+        request_id = request_id or uuid.uuid4().hex
+        params = SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=prepared.max_new_tokens,
+            seed=sampling.seed,
+            stop=[STOP_STRING],
+            output_kind=RequestOutputKind.DELTA,
+        )
+        start = time.perf_counter()
+        first_token_s = None
+        finish_reason = None
+        finished = False
+        # Text comes from our own detokenizer over the token ids (vLLM's stops at `###` in the
+        # engine): the same streaming rules as the PyTorch engine, and the final text is exactly
+        # the full decode even when a model emits invalid UTF-8 byte sequences.
+        stream = StopStringStream(self.tokenizer)
+        try:
+            async for output in engine.generate(self.engine_prompt(prepared), params, request_id):
+                choice = output.outputs[0]
+                if choice.token_ids and first_token_s is None:
+                    first_token_s = time.perf_counter() - start
+                if choice.token_ids:
+                    delta = "".join(stream.push(token_id)[0] for token_id in choice.token_ids)
+                    yield TextDelta(text=delta, token_ids=list(choice.token_ids))
+                if output.finished:
+                    finish_reason = choice.finish_reason or "stop"
+            finished = True
+            tail = stream.flush()
+            if tail:
+                yield TextDelta(text=tail, token_ids=[])
+        except EngineDeadError as exc:
+            if self.restart_on_failure:
+                asyncio.get_running_loop().create_task(self._restart(engine))
+            raise EngineUnavailable(f"the LLM engine failed ({exc}); it is being restarted") from None
+        finally:
+            if not finished:
+                # cancelled by the caller (or failed): free the engine slot now
+                if engine.is_running and not engine.errored:
+                    await asyncio.shield(engine.abort(request_id))
+        total = time.perf_counter() - start
+        yield Finished(
+            text=stream.text,
+            finish_reason=finish_reason or "stop",
+            prompt_tokens=len(prepared.layout),
+            completion_tokens=len(stream.token_ids),
+            timings={"first_token_s": first_token_s or total, "generate_s": total},
+        )
+
+
+class TorchEngine(EngineBase):
+    """Plain PyTorch generation, one request at a time in a worker thread: the baseline."""
+
+    def __init__(self, llm_dir: str | Path, num_query_tokens: int = 32):
+        super().__init__(llm_dir, num_query_tokens)
+        self.model = None
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+
+    async def start(self) -> None:
+        from bubogpt.llm import load_llm
+
+        self.model = await asyncio.to_thread(load_llm, self.llm_dir)
+
+    async def stop(self) -> None:
+        self.model = None
+
+    def _run(self, prepared: PreparedPrompt, sampling: SamplingOptions, queue: asyncio.Queue, loop, cancelled: threading.Event):
+        def emit(item):
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        try:
+            with self._lock, torch.inference_mode():
+                emit(("started", time.perf_counter()))
+                generator = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else 0)
+                out = self.model(inputs_embeds=prepared.embeds[None], use_cache=True)
+                for _ in range(prepared.max_new_tokens):
+                    if cancelled.is_set():
+                        emit(("done", "abort"))
+                        return
+                    logits = out.logits[0, -1].float()
+                    next_id = sample_token(logits, sampling, generator)
+                    emit(("token", next_id))
+                    if next_id == self.tokenizer.eos_token_id:
+                        emit(("done", "stop"))
+                        return
+                    out = self.model(input_ids=torch.tensor([[next_id]]), past_key_values=out.past_key_values, use_cache=True)
+                emit(("done", "length"))
+        except Exception as exc:  # noqa: BLE001 - reported to the awaiting request
+            emit(("error", exc))
+
+    async def generate(
+        self,
+        turns: Sequence[Turn],
+        modalities: Sequence[ModalityEmbeds] = (),
+        sampling: SamplingOptions = SamplingOptions(),
+        request_id: str | None = None,
+    ) -> AsyncIterator[TextDelta | Finished]:
+        prepared = self.prepare(turns, modalities, sampling)
+        if self.model is None:
+            raise EngineUnavailable("the LLM engine is not running")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancelled = threading.Event()
+        start = time.perf_counter()
+        worker = loop.run_in_executor(None, self._run, prepared, sampling, queue, loop, cancelled)
+        stream = StopStringStream(self.tokenizer)
+        first_token_s, finish_reason = None, None
+        try:
+            while finish_reason is None:
+                kind, value = await queue.get()
+                if kind == "token":
+                    if first_token_s is None:
+                        first_token_s = time.perf_counter() - start
+                    delta, stopped = stream.push(value)
+                    yield TextDelta(text=delta, token_ids=[value])
+                    if stopped:
+                        cancelled.set()
+                        finish_reason = "stop"
+                elif kind == "done":
+                    finish_reason = value
+                    tail = stream.flush()
+                    if tail:
+                        yield TextDelta(text=tail, token_ids=[])
+                elif kind == "error":
+                    raise EngineUnavailable(f"the PyTorch engine failed: {value}")
+        finally:
+            cancelled.set()
+            await worker
+        total = time.perf_counter() - start
+        yield Finished(
+            text=stream.text,
+            finish_reason=finish_reason,
+            prompt_tokens=len(prepared.layout),
+            completion_tokens=len(stream.token_ids),
+            timings={"first_token_s": first_token_s or total, "generate_s": total},
+        )
+
+
+def sample_token(logits: torch.Tensor, sampling: SamplingOptions, generator: torch.Generator) -> int:
+    if sampling.temperature == 0.0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(0) - sorted_probs < sampling.top_p
+        sorted_probs = sorted_probs * keep
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+
+class StopStringStream:
+    """Incremental detokenization that never emits text it may have to take back.
+
+    Two things can change already-decoded text: a tail that may still grow into the stop string,
+    and a run of byte-fallback tokens (`<0xNN>`), which decodes as one UTF-8 sequence and turns
+    into replacement characters as a whole if it ends up invalid. Both are held back until they
+    are settled, so the concatenated deltas always equal the final text.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.token_ids: list[int] = []
+        self.text = ""  # emitted so far
+        self.byte_tokens = byte_fallback_ids(tokenizer)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, token_id: int) -> tuple[str, bool]:
+        self.token_ids.append(token_id)
+        full = self._decode(self.token_ids)
+        index = full.find(STOP_STRING)
+        if index >= 0:
+            delta = full[len(self.text) : index]
+            self.text = full[:index]
+            return delta, True
+        settled = len(self.token_ids)
+        while settled and self.token_ids[settled - 1] in self.byte_tokens:
+            settled -= 1
+        safe_text = full if settled == len(self.token_ids) else self._decode(self.token_ids[:settled])
+        for k in range(len(STOP_STRING) - 1, 0, -1):
+            if full.endswith(STOP_STRING[:k]):
+                safe_text = safe_text[: min(len(safe_text), len(full) - k)]
+                break
+        if len(safe_text) <= len(self.text) or not safe_text.startswith(self.text):
+            return "", False
+        delta = safe_text[len(self.text) :]
+        self.text = safe_text
+        return delta, False
+
+    def flush(self) -> str:
+        final, _ = truncate_at_stop(self._decode(self.token_ids))
+        delta = final[len(self.text) :] if final.startswith(self.text) else ""
+        self.text = final if final.startswith(self.text) else self.text
+        return delta
+
+
+def byte_fallback_ids(tokenizer) -> frozenset[int]:
+    """Ids of SentencePiece-style byte tokens `<0x00>` ... `<0xFF>` (empty for other tokenizers)."""
+    vocab = tokenizer.get_vocab()
+    return frozenset(vocab[f"<0x{b:02X}>"] for b in range(256) if f"<0x{b:02X}>" in vocab)
+
+
+def create_engine(kind: str, llm_dir: str | Path, num_query_tokens: int = 32, **kwargs) -> EngineBase:
+    if kind == "vllm":
+        return VLLMEngine(llm_dir, num_query_tokens, **kwargs)
+    if kind == "torch":
+        return TorchEngine(llm_dir, num_query_tokens)
+    raise ValueError(f"unknown LLM engine {kind!r}; choose vllm or torch")
