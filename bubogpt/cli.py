@@ -40,6 +40,17 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from bubogpt.convert import convert_official
+
+    out = convert_official(
+        args.out, args.preset, eva_vit_g=args.eva_vit_g, blip2=args.blip2, imagebind=args.imagebind,
+        bubogpt=args.bubogpt, vicuna_dir=args.vicuna, link_llm=not args.copy_llm, allow_pickle=args.allow_pickle,
+    )
+    print(f"wrote {args.preset} model to {out}")
+    return 0
+
+
 def _reference(args: argparse.Namespace) -> int:
     from bubogpt.reference import ReferencePipeline
 
@@ -72,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--out", required=True)
     init.set_defaults(func=_init)
+
+    convert = sub.add_parser("convert", help="official checkpoint files -> our format")
+    convert.add_argument("--preset", default="bubogpt-7b")
+    convert.add_argument("--eva-vit-g", required=True, help="eva_vit_g.pth")
+    convert.add_argument("--blip2", required=True, help="blip2_pretrained_flant5xxl.pth")
+    convert.add_argument("--imagebind", required=True, help="imagebind_huge.pth")
+    convert.add_argument("--bubogpt", required=True, help="bubogpt_7b.pth")
+    convert.add_argument("--vicuna", required=True, help="Vicuna-7B Hugging Face directory")
+    convert.add_argument("--out", required=True)
+    convert.add_argument("--copy-llm", action="store_true", help="copy the Vicuna directory instead of linking it")
+    convert.add_argument("--allow-pickle", action="store_true", help="unpickle files that weights_only loading refuses")
+    convert.set_defaults(func=_convert)
 
     ref = sub.add_parser("reference", help="answer with the plain PyTorch reference pipeline (no server)")
     ref.add_argument("text")
