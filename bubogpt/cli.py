@@ -51,6 +51,51 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from bubogpt.weights import load_model
+    from export.repository import RepositorySettings, write_repository
+    from serving.triton import model_env_dir
+
+    if args.weights:
+        model = load_model(args.weights)
+        if args.preset and model.cfg.name != args.preset:
+            raise SystemExit(f"--weights holds a {model.cfg.name} model, not {args.preset}")
+    elif args.preset in (None, "nano"):
+        from bubogpt.defaults import default_model_dir
+
+        model = load_model(default_model_dir())
+    else:
+        raise SystemExit(f"--preset {args.preset} needs --weights DIR (see `bubo convert`); only nano is built in")
+    env = model_env_dir()
+    settings = RepositorySettings(
+        device="cuda" if args.backend == "tensorrt" else "cpu",
+        execution_env=str(env) if env.is_dir() else None,
+    )
+    write_repository(args.out, model, backend=args.backend, settings=settings, overwrite=args.overwrite)
+    print(f"wrote Triton model repository {args.out}")
+    return 0
+
+
+def _triton(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from serving.triton import TritonPorts, TritonServer
+
+    server = TritonServer(args.model_repository, TritonPorts(args.http_port, args.grpc_port, args.metrics_port), log_path=args.log)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    print(f"Triton ready: gRPC {server.url_grpc}, HTTP {server.url_http}, metrics 127.0.0.1:{args.metrics_port}", flush=True)
+    try:
+        while not stop.is_set() and server.process and server.process.poll() is None:
+            stop.wait(0.5)
+    finally:
+        server.stop()
+    return 0
+
+
 def _reference(args: argparse.Namespace) -> int:
     from bubogpt.reference import ReferencePipeline
 
@@ -95,6 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--copy-llm", action="store_true", help="copy the Vicuna directory instead of linking it")
     convert.add_argument("--allow-pickle", action="store_true", help="unpickle files that weights_only loading refuses")
     convert.set_defaults(func=_convert)
+
+    export = sub.add_parser("export", help="export every network and write a Triton model repository")
+    export.add_argument("--preset", default=None, help="nano (built in) or the preset of --weights")
+    export.add_argument("--weights", help="model directory in our format")
+    export.add_argument("--backend", choices=("onnx", "tensorrt"), default="onnx")
+    export.add_argument("--out", required=True, help="repository directory to write")
+    export.add_argument("--overwrite", action="store_true")
+    export.set_defaults(func=_export)
+
+    triton = sub.add_parser("triton", help="run Triton Inference Server on a model repository")
+    triton.add_argument("--model-repository", required=True)
+    triton.add_argument("--http-port", type=int, default=8000)
+    triton.add_argument("--grpc-port", type=int, default=8001)
+    triton.add_argument("--metrics-port", type=int, default=8002)
+    triton.add_argument("--log", help="file for Triton's own log")
+    triton.set_defaults(func=_triton)
 
     ref = sub.add_parser("reference", help="answer with the plain PyTorch reference pipeline (no server)")
     ref.add_argument("text")

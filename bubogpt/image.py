@@ -12,7 +12,6 @@ import logging
 import warnings
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from bubogpt.config import VisionEncoderConfig
@@ -47,6 +46,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image is too large: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError("image could not be decoded: not a recognised image format") from None
     except (OSError, SyntaxError, ValueError) as exc:
         # PIL reports unknown formats, truncation and corrupt streams as OSError/SyntaxError.
         raise ImageDecodeError(f"image could not be decoded: {exc}") from None
@@ -73,8 +74,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def preprocess_for_encoder(image: Image.Image, cfg: VisionEncoderConfig) -> torch.Tensor:
-    """RGB image -> [3, S, S] normalised tensor: bicubic resize of the short side, centre crop.
+def preprocess_for_encoder(image: Image.Image, cfg: VisionEncoderConfig):
+    """RGB image -> [3, S, S] normalised torch tensor (see `preprocess_to_array`)."""
+    import torch
+
+    return torch.from_numpy(preprocess_to_array(image, cfg))
+
+
+def preprocess_to_array(image: Image.Image, cfg: VisionEncoderConfig) -> np.ndarray:
+    """RGB image -> [3, S, S] normalised float32 array: bicubic resize of the short side, centre crop.
 
     Same arithmetic as torchvision's Resize(S, BICUBIC) + CenterCrop(S) + ToTensor + Normalize on a
     PIL image, which is what BuboGPT's eval processor runs.
@@ -93,8 +101,8 @@ def preprocess_for_encoder(image: Image.Image, cfg: VisionEncoderConfig) -> torc
     mean = np.asarray(cfg.pixel_mean, dtype=np.float32)
     std = np.asarray(cfg.pixel_std, dtype=np.float32)
     array = (array - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def image_bytes_to_pixels(data: bytes, cfg: VisionEncoderConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+def image_bytes_to_pixels(data: bytes, cfg: VisionEncoderConfig, max_pixels: int = DEFAULT_MAX_PIXELS):
     return preprocess_for_encoder(decode_image(data, max_pixels=max_pixels), cfg)

@@ -8,7 +8,7 @@ if [ -z "$flavour" ]; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then flavour=gpu; else flavour=cpu; fi
 fi
 python="${PYTHON:-python3}"
-stamp=".venv/.installed-$flavour-$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+stamp=".venv/.installed-$flavour-$(cat pyproject.toml scripts/setup.sh scripts/install_triton.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
     exit 0
 fi
@@ -20,5 +20,6 @@ if [ "$flavour" = cpu ]; then
     # CPU torch (and then break transformers' model imports): nothing of ours needs them.
     .venv/bin/python -m pip uninstall --yes --quiet torchvision torchaudio torchcodec 2>/dev/null || true
 fi
+scripts/install_triton.sh
 rm -f .venv/.installed-*
 touch "$stamp"

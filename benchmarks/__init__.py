@@ -1,0 +1,1 @@
+"""Benchmarks: perf_analyzer runs, end-to-end load generator, baselines."""

@@ -1,0 +1,1 @@
+"""Export: torch -> ONNX -> TensorRT, parity checks, and the Triton model repository writer."""

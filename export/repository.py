@@ -1,0 +1,247 @@
+"""Writes a complete Triton model repository: networks, python pre-processing models, ensembles.
+
+    REPO/
+      image_preprocess/{config.pbtxt, 1/model.py, 1/bubo.json}
+      audio_preprocess/...
+      vision_encoder/{config.pbtxt, 1/model.onnx (+ model.py, bubo.json) | 1/model.plan}
+      vision_qformer/ audio_encoder/ audio_qformer/
+      image_embed/{config.pbtxt, 1/}      ensemble: IMAGE bytes -> EMBEDS [32, llm_width]
+      audio_embed/{config.pbtxt, 1/}      ensemble: AUDIO bytes -> EMBEDS [32, llm_width]
+
+Everything is built in a staging directory next to REPO and moved into place only when every
+artefact passed its parity check, so a failed export never leaves a half-written repository.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from bubogpt.model import BuboGPT
+from export.onnx_export import ParityError, ParityResult, check_onnx, export_onnx
+from export.specs import ExportSpec, modality_specs
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
+
+
+@dataclass
+class BatchingSettings:
+    """Dynamic batching of one model (see benchmarks/results for how these were chosen)."""
+
+    max_batch_size: int = 8
+    preferred: tuple[int, ...] = (4, 8)
+    max_queue_delay_us: int = 2000
+    instances: int = 1
+
+
+@dataclass
+class RepositorySettings:
+    device: str = "cpu"  # "cpu" (python backend + ONNX Runtime) or "cuda" (TensorRT plans)
+    execution_env: str | None = None  # venv the python-backend models run in
+    max_image_pixels: int = 40_000_000
+    max_audio_seconds: float = 600.0
+    intra_op_threads: int = 0
+    encoders: BatchingSettings = field(default_factory=BatchingSettings)
+    preprocess: BatchingSettings = field(default_factory=lambda: BatchingSettings(preferred=(), max_queue_delay_us=0, instances=2))
+
+
+# ------------------------------------------------------------------------------------------------
+# config.pbtxt text
+# ------------------------------------------------------------------------------------------------
+
+
+def _dims(dims) -> str:
+    return "[ " + ", ".join(str(d) for d in dims) + " ]"
+
+
+def tensor_block(kind: str, tensors: list[tuple[str, str, list[int]]]) -> str:
+    items = [f'  {{ name: "{name}" data_type: {dtype} dims: {_dims(dims)} }}' for name, dtype, dims in tensors]
+    return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
+
+
+def model_config(
+    name: str,
+    inputs: list[tuple[str, str, list[int]]],
+    outputs: list[tuple[str, str, list[int]]],
+    batching: BatchingSettings,
+    backend: str = "python",
+    platform: str | None = None,
+    device: str = "cpu",
+    execution_env: str | None = None,
+) -> str:
+    text = f'name: "{name}"\n'
+    text += f'platform: "{platform}"\n' if platform else f'backend: "{backend}"\n'
+    text += f"max_batch_size: {batching.max_batch_size}\n"
+    text += tensor_block("input", inputs) + tensor_block("output", outputs)
+    if batching.max_batch_size > 0:
+        preferred = "".join(f" preferred_batch_size: {size}" for size in batching.preferred)
+        text += f"dynamic_batching {{{preferred} max_queue_delay_microseconds: {batching.max_queue_delay_us} }}\n"
+    kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
+    text += f"instance_group [ {{ kind: {kind} count: {batching.instances} }} ]\n"
+    if execution_env and not platform:
+        text += f'parameters: {{ key: "EXECUTION_ENV_PATH", value: {{ string_value: "{execution_env}" }} }}\n'
+    return text
+
+
+def ensemble_config(
+    name: str,
+    inputs: list[tuple[str, str, list[int]]],
+    outputs: list[tuple[str, str, list[int]]],
+    steps: list[tuple[str, dict[str, str], dict[str, str]]],
+    max_batch_size: int,
+) -> str:
+    text = f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {max_batch_size}\n'
+    text += tensor_block("input", inputs) + tensor_block("output", outputs)
+    text += "ensemble_scheduling {\n  step [\n"
+    blocks = []
+    for model, input_map, output_map in steps:
+        maps = "".join(f' input_map {{ key: "{k}" value: "{v}" }}' for k, v in input_map.items())
+        maps += "".join(f' output_map {{ key: "{k}" value: "{v}" }}' for k, v in output_map.items())
+        blocks.append(f'    {{ model_name: "{model}" model_version: -1{maps} }}')
+    return text + ",\n".join(blocks) + "\n  ]\n}\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# writers
+# ------------------------------------------------------------------------------------------------
+
+
+def _write_python_model(repo: Path, name: str, template: str, config: str, settings: dict) -> None:
+    version = repo / name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    shutil.copy(TEMPLATES / template / "model.py", version / "model.py")
+    (version / "bubo.json").write_text(json.dumps(settings, indent=2) + "\n")
+    (repo / name / "config.pbtxt").write_text(config)
+
+
+def _shape_without_batch(tensor) -> list[int]:
+    return list(tensor.shape[1:])
+
+
+def _export_network(repo: Path, spec: ExportSpec, settings: RepositorySettings, backend: str) -> ParityResult:
+    version = repo / spec.name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(spec, version / "model.onnx")
+    result = check_onnx(spec, onnx_path)
+    example = spec.example(1)
+    from export.onnx_export import torch_outputs
+
+    outputs = torch_outputs(spec, example)
+    inputs_cfg = [(name, "TYPE_FP32", _shape_without_batch(t)) for name, t in example.items()]
+    outputs_cfg = [(name, "TYPE_FP32", list(o.shape[1:])) for name, o in zip(spec.outputs, outputs)]
+    batching = dataclasses.replace(settings.encoders, max_batch_size=spec.max_batch_size)
+    if backend == "tensorrt":
+        from export.tensorrt_build import build_engine, check_engine
+
+        plan = build_engine(onnx_path, version / "model.plan", spec, max_batch=batching.max_batch_size)
+        result = check_engine(spec, plan)
+        onnx_path.unlink()
+        config = model_config(spec.name, inputs_cfg, outputs_cfg, batching, platform="tensorrt_plan", device="cuda")
+        (repo / spec.name / "config.pbtxt").write_text(config)
+        return result
+    shutil.copy(TEMPLATES / "onnx_runtime" / "model.py", version / "model.py")
+    (version / "bubo.json").write_text(json.dumps({"intra_op_threads": settings.intra_op_threads}) + "\n")
+    config = model_config(spec.name, inputs_cfg, outputs_cfg, batching, device=settings.device, execution_env=settings.execution_env)
+    (repo / spec.name / "config.pbtxt").write_text(config)
+    return result
+
+
+def write_repository(
+    out: str | Path,
+    model: BuboGPT,
+    backend: str = "onnx",
+    settings: RepositorySettings | None = None,
+    overwrite: bool = False,
+) -> list[ParityResult]:
+    """Exports every network, checks parity, writes configs and ensembles; atomic on success."""
+    if backend not in ("onnx", "tensorrt"):
+        raise ValueError(f"backend must be onnx or tensorrt, got {backend!r}")
+    if backend == "tensorrt":
+        from export.tensorrt_build import require_tensorrt
+
+        require_tensorrt()
+    settings = settings or RepositorySettings(device="cuda" if backend == "tensorrt" else "cpu")
+    out = Path(out).resolve()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-staging-", dir=out.parent))
+    try:
+        cfg = model.cfg
+        specs = modality_specs(model)
+        results = []
+        for spec in tqdm(specs, desc=f"export ({backend})", unit="model"):
+            results.append(_export_network(staging, spec, settings, backend))
+        _write_pre_and_ensembles(staging, model, settings)
+        failed = [r for r in results if not r.ok]
+        print_summary(results)
+        if failed:
+            names = ", ".join(f"{r.name} ({r.relative_error:.2e} > {r.tolerance:.0e})" for r in failed)
+            raise ParityError(f"parity check failed for {names}; the repository was not written")
+        (staging / "bubo_repository.json").write_text(
+            json.dumps({"preset": cfg.name, "backend": backend, "config": cfg.to_dict(),
+                        "parity": [dataclasses.asdict(r) for r in results]}, indent=2) + "\n"
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+        log.info("wrote Triton model repository %s", out)
+        return results
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def _write_pre_and_ensembles(repo: Path, model: BuboGPT, settings: RepositorySettings) -> None:
+    cfg = model.cfg
+    v, a = cfg.vision, cfg.audio
+    pre = settings.preprocess
+    # preprocessing always runs on CPU, in the python backend
+    pixels = [3, v.image_size, v.image_size]
+    clips = [a.num_clips, 1, a.num_mel_bins, a.target_frames]
+    _write_python_model(
+        repo, "image_preprocess", "image_preprocess",
+        model_config("image_preprocess", [("IMAGE", "TYPE_STRING", [1])], [("PIXELS", "TYPE_FP32", pixels)], pre,
+                     execution_env=settings.execution_env),
+        {"vision": dataclasses.asdict(v), "max_pixels": settings.max_image_pixels},
+    )
+    _write_python_model(
+        repo, "audio_preprocess", "audio_preprocess",
+        model_config("audio_preprocess", [("AUDIO", "TYPE_STRING", [1])], [("CLIPS", "TYPE_FP32", clips)], pre,
+                     execution_env=settings.execution_env),
+        {"audio": dataclasses.asdict(a), "max_seconds": settings.max_audio_seconds, "torch_threads": 1},
+    )
+    embeds = [cfg.vision_qformer.num_queries, cfg.llm.hidden]
+    batch = settings.encoders.max_batch_size
+    for name, (data_in, pre_model, pre_out, encoder, qformer) in {
+        "image_embed": ("IMAGE", "image_preprocess", "PIXELS", "vision_encoder", "vision_qformer"),
+        "audio_embed": ("AUDIO", "audio_preprocess", "CLIPS", "audio_encoder", "audio_qformer"),
+    }.items():
+        (repo / name / "1").mkdir(parents=True, exist_ok=True)
+        steps = [
+            (pre_model, {data_in: data_in}, {pre_out: "preprocessed"}),
+            (encoder, {pre_out: "preprocessed"}, {"FEATURES": "features"}),
+            (qformer, {"FEATURES": "features"}, {"EMBEDS": "EMBEDS"}),
+        ]
+        config = ensemble_config(name, [(data_in, "TYPE_STRING", [1])], [("EMBEDS", "TYPE_FP32", embeds)], steps, batch)
+        (repo / name / "config.pbtxt").write_text(config)
+
+
+def print_summary(results: list[ParityResult]) -> None:
+    table = Table(title="export parity (max |torch - exported| / max |torch|)")
+    for column in ("model", "backend", "batch", "relative error", "tolerance", "ok"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.name, r.backend, str(r.batch), f"{r.relative_error:.2e}", f"{r.tolerance:.0e}", "yes" if r.ok else "NO")
+    Console(stderr=True).print(table)

@@ -1,0 +1,164 @@
+"""Starts and stops Triton Inference Server for a model repository (`bubo triton`).
+
+Uses a system `tritonserver` when one is on PATH (the official container, GPU hosts); otherwise the
+binary that scripts/install_triton.sh unpacked from nvidia-pytriton's wheel into .venv/triton/.
+The bundled binary needs its shared libraries and the running Python's libdir on LD_LIBRARY_PATH
+(the python backend stub would otherwise load another libpython; see shared/STACK.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def bundled_root() -> Path:
+    return Path(os.environ.get("BUBO_TRITON_HOME", Path(sys.prefix) / "triton"))
+
+
+def model_env_dir() -> Path:
+    """The venv the python-backend models run in (numpy<2, ONNX Runtime, this project)."""
+    return bundled_root() / "pyenv"
+
+
+@dataclass
+class TritonPorts:
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+
+class TritonServer:
+    def __init__(
+        self,
+        model_repository: str | Path,
+        ports: TritonPorts = TritonPorts(),
+        log_path: str | Path | None = None,
+        extra_args: list[str] | None = None,
+        model_control_mode: str = "none",
+    ):
+        self.model_repository = Path(model_repository).resolve()
+        if not self.model_repository.is_dir():
+            raise FileNotFoundError(f"model repository {self.model_repository} does not exist (run `bubo export`)")
+        self.ports = ports
+        self.log_path = Path(log_path) if log_path else None
+        self.extra_args = extra_args or []
+        self.model_control_mode = model_control_mode
+        self.process: subprocess.Popen | None = None
+        self._log_handle = None
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        env = dict(os.environ)
+        system = shutil.which("tritonserver")
+        args = [
+            f"--model-repository={self.model_repository}",
+            f"--http-port={self.ports.http}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--metrics-port={self.ports.metrics}",
+            f"--model-control-mode={self.model_control_mode}",
+            "--log-verbose=0",
+        ]
+        if system:
+            return [system, *args, *self.extra_args], env
+        root = bundled_root()
+        binary = root / "server" / "bin" / "tritonserver"
+        if not binary.is_file():
+            raise FileNotFoundError(
+                f"no tritonserver on PATH and none bundled at {binary}; run scripts/install_triton.sh"
+            )
+        libdir = sysconfig.get_config_var("LIBDIR")
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, str(root / "libs"), env.get("LD_LIBRARY_PATH")) if p)
+        args += [
+            f"--backend-directory={root / 'server' / 'backends'}",
+            f"--cache-directory={root / 'server' / 'caches'}",
+            "--allow-gpu-metrics=false",
+        ]
+        return [str(binary), *args, *self.extra_args], env
+
+    def start(self, timeout: float = 180.0) -> "TritonServer":
+        command, env = self.command()
+        log.info("starting Triton: %s", " ".join(command))
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_handle = open(self.log_path, "ab")
+        # own process group: stop() signals Triton and its python-backend stubs together
+        self.process = subprocess.Popen(
+            command, env=env, stdout=self._log_handle or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            self.wait_ready(timeout)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def url_http(self) -> str:
+        return f"127.0.0.1:{self.ports.http}"
+
+    @property
+    def url_grpc(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.url_http}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"Triton exited with code {self.process.returncode} during start-up"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            if self.is_ready():
+                log.info("Triton ready (gRPC %s, HTTP %s)", self.url_grpc, self.url_http)
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"Triton was not ready within {timeout:.0f} s" + (f"; see {self.log_path}" if self.log_path else ""))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("Triton did not stop within %.0f s; killing it", timeout)
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+        else:
+            # Triton itself is gone; make sure no stub of its group survives
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process = None
+        if self._log_handle:
+            self._log_handle.close()
+            self._log_handle = None
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

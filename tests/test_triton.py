@@ -1,0 +1,140 @@
+"""The exported nano model served by the real Triton server on loopback."""
+
+import concurrent.futures
+import socket
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from benchmarks.perf_analyzer import run_perf_analyzer
+from bubogpt.defaults import default_model_dir
+from bubogpt.reference import ReferencePipeline
+from bubogpt.weights import load_model
+from conftest import make_audio_bytes, make_image_bytes
+from export.onnx_export import ParityError
+from export.repository import RepositorySettings, write_repository
+from serving.triton import TritonPorts, TritonServer, model_env_dir
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    out = tmp_path_factory.mktemp("triton") / "repo"
+    settings = RepositorySettings(execution_env=str(model_env_dir()))
+    results = write_repository(out, load_model(default_model_dir()), settings=settings)
+    assert all(r.ok for r in results)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(repository, tmp_path_factory):
+    http, grpc, metrics = free_ports(3)
+    triton = TritonServer(repository, TritonPorts(http, grpc, metrics), log_path=tmp_path_factory.mktemp("log") / "triton.log")
+    triton.start(timeout=240)
+    yield triton
+    triton.stop()
+    assert triton.process is None
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return grpcclient.InferenceServerClient(server.url_grpc)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return ReferencePipeline.from_dir()
+
+
+def infer_bytes(client, model, input_name, payload: bytes) -> np.ndarray:
+    tensor = grpcclient.InferInput(input_name, [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[payload]], dtype=object))
+    return client.infer(model, [tensor]).as_numpy("EMBEDS")[0]
+
+
+def relative_error(expected, got) -> float:
+    return float(np.abs(expected - got).max() / np.abs(expected).max())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_image_embed_equals_the_pytorch_reference(client, reference, seed):
+    image = make_image_bytes(300 + 40 * seed, 200, fmt="JPEG", seed=seed)
+    got = infer_bytes(client, "image_embed", "IMAGE", image)
+    assert got.shape == (32, 128)
+    assert relative_error(reference.embed_image(image).numpy(), got) < 1e-4
+
+
+@pytest.mark.parametrize("seconds", [2.0, 11.0])
+def test_audio_embed_equals_the_pytorch_reference(client, reference, seconds):
+    audio = make_audio_bytes(seconds=seconds, sample_rate=22050, seed=3)
+    got = infer_bytes(client, "audio_embed", "AUDIO", audio)
+    assert relative_error(reference.embed_audio(audio).numpy(), got) < 1e-4
+
+
+def test_concurrent_requests_are_batched(client, reference):
+    images = [make_image_bytes(seed=10 + i) for i in range(24)]
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda img: infer_bytes(client, "image_embed", "IMAGE", img), images))
+    for image, got in zip(images, results):
+        assert relative_error(reference.embed_image(image).numpy(), got) < 1e-4
+    stats = client.get_inference_statistics("vision_encoder", as_json=True)
+    batch_sizes = [int(b["batch_size"]) for b in stats["model_stats"][0]["batch_stats"]]
+    assert max(batch_sizes) > 1, batch_sizes
+
+
+@pytest.mark.parametrize(
+    "model, input_name, payload, message",
+    [
+        ("image_embed", "IMAGE", b"definitely not an image", "IMAGE: image could not be decoded: not a recognised image format"),
+        ("image_embed", "IMAGE", make_image_bytes(fmt="PNG")[:300], "IMAGE: image could not be decoded"),
+        ("image_embed", "IMAGE", b"", "IMAGE: image is empty"),
+        ("audio_embed", "AUDIO", b"RIFF....WAVEfmt garbage", "AUDIO:"),
+        ("audio_embed", "AUDIO", b"", "AUDIO:"),
+    ],
+)
+def test_corrupt_payloads_get_errors_and_the_server_keeps_serving(client, reference, model, input_name, payload, message):
+    with pytest.raises(InferenceServerException, match=message):
+        infer_bytes(client, model, input_name, payload)
+    assert client.is_server_ready()
+    image = make_image_bytes(seed=99)
+    assert relative_error(reference.embed_image(image).numpy(), infer_bytes(client, "image_embed", "IMAGE", image)) < 1e-4
+
+
+def test_perf_analyzer_runs_against_image_embed(server):
+    rows = run_perf_analyzer(
+        "image_embed", server.url_grpc, "IMAGE", [make_image_bytes(seed=5)], concurrency="2",
+        measurement_ms=1000, stability=50, max_trials=10,
+    )
+    assert len(rows) == 1 and rows[0]["concurrency"] == 2 and rows[0]["throughput"] > 0
+
+
+def test_failed_parity_refuses_to_write(tmp_path, monkeypatch):
+    import export.repository as repository_module
+    from export.onnx_export import ParityResult
+
+    monkeypatch.setattr(repository_module, "check_onnx", lambda spec, path: ParityResult(spec.name, "onnx", 3, 1.0, 1e-4))
+    with pytest.raises(ParityError, match="parity check failed"):
+        write_repository(tmp_path / "repo", load_model(default_model_dir()))
+    assert not (tmp_path / "repo").exists()
+    assert not any(tmp_path.iterdir())
+
+
+def test_tensorrt_backend_needs_a_gpu(tmp_path):
+    from export.tensorrt_build import TensorRTUnavailable, tensorrt_unavailable_reason
+
+    reason = tensorrt_unavailable_reason()
+    if reason is None:
+        pytest.skip("TensorRT and a GPU are present: the GPU benchmark script exercises this path")
+    with pytest.raises(TensorRTUnavailable, match="cannot build TensorRT engines"):
+        write_repository(tmp_path / "repo", load_model(default_model_dir()), backend="tensorrt")
