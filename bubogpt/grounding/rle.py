@@ -1,0 +1,189 @@
+"""COCO run-length encoding of binary masks, in pure numpy (no pycocotools).
+
+The format is the one pycocotools writes, so masks we send can be decoded by any COCO tool:
+
+- The mask is flattened in column-major (Fortran) order: down the first column, then the next.
+- ``counts`` alternates run lengths of 0s and 1s and always starts with a run of 0s, which
+  is 0 long when the first pixel is set.
+- Uncompressed form: ``{"size": [h, w], "counts": [int, ...]}``.
+- Compressed form: ``{"size": [h, w], "counts": "<ascii string>"}``. Each count (from the
+  fourth on, as the difference to the count two places earlier, which is usually small) is
+  written as a signed little-endian base-32 varint: 5 value bits per character, bit 0x20 set
+  when another character follows, character = value + 48. The last character's bit 0x10 is
+  the sign. pycocotools hands this string out as ``bytes``; we use ``str`` so it is
+  JSON-friendly, and accept either.
+
+``to_bbox`` follows pycocotools' ``toBbox``: ``[x, y, w, h]`` in pixels, ``[0, 0, 0, 0]`` for
+an empty mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "RLE",
+    "area",
+    "compress_counts",
+    "decode",
+    "decompress_counts",
+    "encode",
+    "is_rle",
+    "to_bbox",
+    "to_compressed",
+    "to_uncompressed",
+]
+
+# {"size": [h, w], "counts": list[int] | str | bytes}
+RLE = dict[str, Any]
+
+
+def encode(mask: np.ndarray, compressed: bool = True) -> RLE:
+    """Encode a 2-D mask (anything non-zero is foreground) as COCO RLE.
+
+    ``compressed=True`` gives the string form pycocotools' ``mask.encode`` produces (as ``str``);
+    ``compressed=False`` the list-of-ints form.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
+    height, width = (int(s) for s in mask.shape)
+    flat = mask.astype(bool, copy=False).ravel(order="F")
+    if flat.size == 0:
+        # pycocotools writes a single zero-length run of 0s for an empty image.
+        counts: list[int] = [0]
+    else:
+        # Run boundaries are where a pixel differs from the one before it.
+        changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        bounds = np.concatenate(([0], changes, [flat.size]))
+        runs = np.diff(bounds).tolist()
+        # Counts always start with the 0s run; a mask whose first pixel is set starts with 0.
+        counts = [0, *runs] if flat[0] else runs
+    rle: RLE = {"size": [height, width], "counts": counts}
+    return to_compressed(rle) if compressed else rle
+
+
+def decode(rle: RLE) -> np.ndarray:
+    """Decode either RLE form back to a ``bool`` array of shape ``(h, w)``."""
+    height, width = _size(rle)
+    counts = np.asarray(_counts(rle), dtype=np.int64)
+    if counts.size and counts.min() < 0:
+        raise ValueError("RLE counts must be non-negative")
+    if int(counts.sum()) != height * width:
+        raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected {height}*{width}={height * width}")
+    # Even-numbered runs are 0s, odd-numbered runs are 1s.
+    values = (np.arange(counts.size) % 2).astype(bool)
+    flat = np.repeat(values, counts)
+    return flat.reshape((height, width), order="F")
+
+
+def area(rle: RLE) -> int:
+    """Number of foreground pixels (the sum of the 1s runs)."""
+    counts = _counts(rle)
+    return int(sum(counts[1::2]))
+
+
+def to_bbox(rle: RLE) -> list[float]:
+    """Bounding box ``[x, y, w, h]`` of the foreground, as pycocotools' ``toBbox``.
+
+    Computed from the runs without decoding the mask.
+    """
+    height, _ = _size(rle)
+    counts = np.asarray(_counts(rle), dtype=np.int64)
+    ones = counts[1 : 2 * (counts.size // 2) : 2]
+    if height == 0 or not np.any(ones > 0):
+        return [0.0, 0.0, 0.0, 0.0]
+    ends = np.cumsum(counts)
+    # Start (inclusive) and last pixel (inclusive) of every non-empty 1s run, column-major.
+    first = ends[0 : 2 * ones.size : 2]
+    last = ends[1 : 2 * ones.size : 2] - 1
+    keep = ones > 0
+    first, last = first[keep], last[keep]
+    x0, x1 = first // height, last // height
+    y_first, y_last = first % height, last % height
+    if np.any(x1 > x0):
+        # A run that wraps into the next column covers that column's top and the previous
+        # column's bottom, so the box spans the full height.
+        y0, y1 = 0, height - 1
+    else:
+        y0, y1 = int(y_first.min()), int(y_last.max())
+    xs, xe = int(x0.min()), int(x1.max())
+    return [float(xs), float(y0), float(xe - xs + 1), float(y1 - y0 + 1)]
+
+
+def is_rle(obj: Any) -> bool:
+    """True for a mapping that looks like a COCO RLE (has ``size`` and ``counts``)."""
+    return isinstance(obj, dict) and "size" in obj and "counts" in obj
+
+
+def to_compressed(rle: RLE) -> RLE:
+    """Return the compressed-string form (``counts`` as ``str``)."""
+    return {"size": list(_size(rle)), "counts": compress_counts(_counts(rle))}
+
+
+def to_uncompressed(rle: RLE) -> RLE:
+    """Return the list-of-ints form."""
+    return {"size": list(_size(rle)), "counts": list(_counts(rle))}
+
+
+def compress_counts(counts: list[int] | np.ndarray) -> str:
+    """pycocotools' ``rleToString``: counts -> ASCII string."""
+    out: list[str] = []
+    counts = [int(c) for c in counts]
+    for i, value in enumerate(counts):
+        # From the fourth count on, store the difference to the same-parity count before it;
+        # pycocotools' condition is i > 2, not i >= 2, and we must match it byte for byte.
+        x = value - counts[i - 2] if i > 2 else value
+        more = True
+        while more:
+            chunk = x & 0x1F
+            x >>= 5  # Python's >> on negative ints is arithmetic, as in the C code.
+            # Stop once the remaining bits are pure sign extension of this chunk's bit 0x10.
+            more = x != -1 if chunk & 0x10 else x != 0
+            if more:
+                chunk |= 0x20
+            out.append(chr(chunk + 48))
+    return "".join(out)
+
+
+def decompress_counts(text: str | bytes) -> list[int]:
+    """pycocotools' ``rleFrString``: ASCII string -> counts."""
+    data = text.encode("ascii") if isinstance(text, str) else bytes(text)
+    counts: list[int] = []
+    pos = 0
+    while pos < len(data):
+        x = 0
+        shift = 0
+        more = True
+        while more:
+            if pos >= len(data):
+                raise ValueError("truncated RLE counts string")
+            chunk = data[pos] - 48
+            if chunk < 0 or chunk > 0x3F:
+                raise ValueError(f"invalid character {chr(data[pos])!r} in RLE counts string")
+            x |= (chunk & 0x1F) << shift
+            more = bool(chunk & 0x20)
+            pos += 1
+            shift += 5
+            if not more and chunk & 0x10:
+                x |= -1 << shift  # sign-extend
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def _size(rle: RLE) -> tuple[int, int]:
+    if not is_rle(rle):
+        raise ValueError("not a COCO RLE: expected a dict with 'size' and 'counts'")
+    height, width = (int(s) for s in rle["size"])
+    return height, width
+
+
+def _counts(rle: RLE) -> list[int]:
+    counts = rle["counts"]
+    if isinstance(counts, (str, bytes, bytearray)):
+        return decompress_counts(counts)
+    return [int(c) for c in counts]
