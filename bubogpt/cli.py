@@ -96,6 +96,26 @@ def _triton(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from serving.app import ServeOptions, serve
+
+    options = ServeOptions(
+        weights=Path(args.weights) if args.weights else None, preset=args.preset, port=args.port, host=args.host,
+        device=args.device, llm_engine=args.llm_engine, metrics_port=args.metrics_port or None,
+        grounding=not args.no_grounding,
+    )
+    asyncio.run(serve(options))
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from serving.client import main_chat
+
+    return main_chat(args.server, args.text, args.image, args.audio, args.out, args.ground, args.max_new_tokens, args.temperature)
+
+
 def _reference(args: argparse.Namespace) -> int:
     from bubogpt.reference import ReferencePipeline
 
@@ -156,6 +176,28 @@ def build_parser() -> argparse.ArgumentParser:
     triton.add_argument("--metrics-port", type=int, default=8002)
     triton.add_argument("--log", help="file for Triton's own log")
     triton.set_defaults(func=_triton)
+
+    serve = sub.add_parser("serve", help="serve BuboGPT over gRPC (Triton + LLM engine + frontend)")
+    serve.add_argument("--preset", default=None, choices=("nano", "bubogpt-7b"))
+    serve.add_argument("--weights", help="model directory in our format (default: the built-in nano model)")
+    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    serve.add_argument("--llm-engine", choices=("vllm", "torch"), default="vllm")
+    serve.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: off)")
+    serve.add_argument("--no-grounding", action="store_true")
+    serve.set_defaults(func=_serve)
+
+    chat = sub.add_parser("chat", help="ask a running server; streams the answer, lists grounded entities")
+    chat.add_argument("text")
+    chat.add_argument("--server", default="127.0.0.1:50051")
+    chat.add_argument("--image")
+    chat.add_argument("--audio")
+    chat.add_argument("--out", help="write the mask overlay here (PNG)")
+    chat.add_argument("--ground", action=argparse.BooleanOptionalAction, default=None, help="default: on when an image is given")
+    chat.add_argument("--max-new-tokens", type=int, default=0)
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.set_defaults(func=_chat)
 
     ref = sub.add_parser("reference", help="answer with the plain PyTorch reference pipeline (no server)")
     ref.add_argument("text")

@@ -1,0 +1,171 @@
+"""`bubo serve`: Triton + the LLM engine + the gRPC frontend, started together and stopped together.
+
+With no arguments it serves the built-in nano model on CPU. The Triton model repository for a model
+directory is exported once and cached (keyed by the weights and the export code), so later starts
+skip the export.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.triton import TritonPorts, TritonServer, model_env_dir
+
+log = logging.getLogger(__name__)
+
+CODE_FILES = ("export", "model_repository", "bubogpt")
+
+
+@dataclass
+class ServeOptions:
+    weights: Path | None = None
+    preset: str | None = None
+    port: int = 50051
+    host: str = "127.0.0.1"
+    device: str = "cpu"
+    llm_engine: str = "vllm"
+    metrics_port: int | None = 9090
+    triton_ports: TritonPorts | None = None
+    repository: Path | None = None
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "bubogpt")
+    grounding: bool = True
+    kv_cache_gib: float = 1.0
+    max_concurrent_streams: int = 64
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def repository_key(model_dir: Path, backend: str) -> str:
+    """Hash of the weights, their configs and the code that exports them."""
+    digest = hashlib.sha256(backend.encode())
+    root = Path(__file__).resolve().parent.parent
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json"))
+    for top in CODE_FILES:
+        files += sorted(p for p in (root / top).rglob("*.py") if "default_model" not in p.parts)
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def ensure_repository(model_dir: Path, options: ServeOptions) -> Path:
+    from bubogpt.weights import load_model
+    from export.repository import RepositorySettings, write_repository
+
+    if options.repository is not None:
+        return options.repository
+    backend = "tensorrt" if options.device == "cuda" else "onnx"
+    out = options.cache_dir / "repositories" / f"{model_dir.name}-{repository_key(model_dir, backend)}"
+    if (out / "bubo_repository.json").is_file():
+        log.info("using the cached Triton repository %s", out)
+        return out
+    env = model_env_dir()
+    settings = RepositorySettings(device=options.device, execution_env=str(env) if env.is_dir() else None)
+    write_repository(out, load_model(model_dir), backend=backend, settings=settings, overwrite=True)
+    return out
+
+
+class Stack:
+    """Triton + LLM engine + gRPC frontend for one model directory; `start()`, then `stop()`."""
+
+    def __init__(self, options: ServeOptions):
+        self.options = options
+        self.triton: TritonServer | None = None
+        self.engine = None
+        self.encoders = None
+        self.service = None
+        self.server = None
+        self.port: int | None = None
+
+    async def start(self) -> "Stack":
+        from bubogpt.weights import llm_dir, read_config
+        from serving.encoders import TritonEncoders
+        from serving.grounding_client import make_grounder
+        from serving.llm_engine import create_engine
+        from serving.metrics import ServerMetrics
+        from serving.server import BuboService, Limits, start_server
+
+        options = self.options
+        if options.weights is None:
+            from bubogpt.defaults import default_model_dir
+
+            model_dir = default_model_dir()
+        else:
+            model_dir = Path(options.weights)
+        self.cfg = cfg = read_config(model_dir)
+        if options.preset and options.preset != cfg.name:
+            raise SystemExit(f"{model_dir} holds a {cfg.name} model, not {options.preset}")
+        repository = await asyncio.to_thread(ensure_repository, model_dir, options)
+        ports = options.triton_ports or TritonPorts(free_port(), free_port(), free_port())
+        self.triton = TritonServer(repository, ports, log_path=options.cache_dir / "logs" / "triton.log")
+        engine_kwargs = {"kv_cache_gib": options.kv_cache_gib} if options.llm_engine == "vllm" else {}
+        self.engine = create_engine(options.llm_engine, llm_dir(model_dir), cfg.vision_qformer.num_queries, **engine_kwargs)
+        try:
+            # Triton and the LLM engine start in parallel: both take seconds
+            await asyncio.gather(asyncio.to_thread(self.triton.start, 300.0), self.engine.start())
+            self.encoders = TritonEncoders(self.triton.url_grpc)
+            grounder = make_grounder(self.triton.url_grpc, repository) if options.grounding else None
+            metrics = ServerMetrics()
+            if options.metrics_port:
+                metrics.serve(options.metrics_port, options.host)
+            self.service = BuboService(self.encoders, self.engine, grounder=grounder,
+                                       limits=Limits(max_concurrent_streams=options.max_concurrent_streams), metrics=metrics)
+            self.server = await start_server(self.service, options.port, options.host)
+            self.port = self.server.bound_port
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    def banner(self) -> str:
+        o, t = self.options, self.triton
+        return (
+            f"BuboGPT ({self.cfg.name}) serving on {o.host}:{self.port} (gRPC bubo.v1.Bubo)\n"
+            f"  Triton: gRPC {t.url_grpc}, HTTP {t.url_http}, metrics 127.0.0.1:{t.ports.metrics}\n"
+            f"  LLM engine: {o.llm_engine}"
+            + (f"\n  metrics: http://{o.host}:{o.metrics_port}/metrics" if o.metrics_port else "")
+            + ("\n  grounding: on" if self.service.grounder else "\n  grounding: off (no grounding models in the repository)")
+        )
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        from serving.server import stop_server
+
+        if self.server is not None:
+            await stop_server(self.server, grace_s)
+            self.server = None
+        if self.encoders is not None:
+            await self.encoders.close()
+            self.encoders = None
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
+        if self.triton is not None:
+            await asyncio.to_thread(self.triton.stop)
+            self.triton = None
+        log.info("stopped")
+
+
+async def serve(options: ServeOptions) -> None:
+    """Runs the stack until SIGINT/SIGTERM, then drains in-flight streams and stops everything."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stack = Stack(options)
+    await stack.start()
+    try:
+        print(stack.banner(), flush=True)
+        await stop.wait()
+        log.info("shutting down: draining in-flight streams")
+    finally:
+        await stack.stop()

@@ -1,0 +1,103 @@
+"""`bubo chat`: streams an answer from a running `bubo serve` to the terminal, then lists the grounded
+entities and writes the mask overlay."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from serving.proto import bubo_pb2, bubo_pb2_grpc
+
+
+@dataclass
+class ChatResult:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    entities: list = field(default_factory=list)
+    done: object = None
+
+
+def chat_request(text: str, image: bytes = b"", audio: bytes = b"", history: list[tuple[str, str]] = (),
+                 ground: bool = False, max_new_tokens: int = 0, temperature: float = 0.0, seed: int | None = None):
+    turns = []
+    for user, assistant in history:
+        turns += [bubo_pb2.Turn(role=bubo_pb2.ROLE_USER, text=user), bubo_pb2.Turn(role=bubo_pb2.ROLE_ASSISTANT, text=assistant)]
+    turns.append(bubo_pb2.Turn(role=bubo_pb2.ROLE_USER, text=text))
+    sampling = bubo_pb2.Sampling(temperature=temperature, max_new_tokens=max_new_tokens)
+    if seed is not None:
+        sampling.seed = seed
+    return bubo_pb2.ChatRequest(turns=turns, image=image, audio=audio, sampling=sampling, ground=ground)
+
+
+def collect(events, on_delta=None) -> ChatResult:
+    result = ChatResult()
+    for event in events:
+        kind = event.WhichOneof("event")
+        if kind == "delta":
+            result.text += event.delta.text
+            result.token_ids += list(event.delta.token_ids)
+            if on_delta:
+                on_delta(event.delta.text)
+        elif kind == "entity":
+            result.entities.append(event.entity)
+        else:
+            result.done = event.done
+    return result
+
+
+def main_chat(server: str, text: str, image: str | None, audio: str | None, out: str | None, ground: bool | None,
+              max_new_tokens: int, temperature: float) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    image_bytes = Path(image).read_bytes() if image else b""
+    audio_bytes = Path(audio).read_bytes() if audio else b""
+    ground = bool(image_bytes) if ground is None else ground
+    request = chat_request(text, image_bytes, audio_bytes, ground=ground, max_new_tokens=max_new_tokens, temperature=temperature)
+    with grpc.insecure_channel(server, options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        stub = bubo_pb2_grpc.BuboStub(channel)
+        write = lambda t: (sys.stdout.write(t), sys.stdout.flush())  # noqa: E731
+        try:
+            try:
+                result = collect(stub.Chat(request), on_delta=write)
+            except grpc.RpcError as exc:
+                if not (exc.code() == grpc.StatusCode.FAILED_PRECONDITION and exc.details().startswith("ground:")):
+                    raise
+                print(f"(grounding unavailable: {exc.details()}; answering without it)", file=sys.stderr)
+                request.ground = False
+                result = collect(stub.Chat(request), on_delta=write)
+        except grpc.RpcError as exc:
+            print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print()
+    console = Console(stderr=True)
+    done = result.done
+    console.print(f"[{done.finish_reason}; {done.usage.prompt_tokens} prompt + {done.usage.completion_tokens} generated tokens; "
+                  f"first token {done.timings.first_token_ms:.0f} ms, total {done.timings.total_ms:.0f} ms]")
+    if result.entities:
+        table = Table(title="grounded entities")
+        for column in ("#", "phrase", "label", "score", "box (x0, y0, x1, y1)"):
+            table.add_column(column)
+        for e in result.entities:
+            table.add_row(str(e.index), e.phrase, e.label, f"{e.score:.2f}", f"{e.box.x0:.0f}, {e.box.y0:.0f}, {e.box.x1:.0f}, {e.box.y1:.0f}")
+        console.print(table)
+        if out and image_bytes:
+            save_entity_overlay(image_bytes, result.entities, out)
+            console.print(f"overlay written to {out}")
+    return 0
+
+
+def save_entity_overlay(image_bytes: bytes, entities, out: str) -> None:
+    from bubogpt.grounding.overlay import save_overlay
+    from bubogpt.grounding.schema import GroundedEntity
+    from bubogpt.image import decode_image
+
+    grounded = [
+        GroundedEntity(index=e.index, label=e.label, score=e.score, box_xyxy=(e.box.x0, e.box.y0, e.box.x1, e.box.y1),
+                       mask={"size": [e.mask.height, e.mask.width], "counts": e.mask.counts} if e.mask.counts else None)
+        for e in entities
+    ]
+    save_overlay(decode_image(image_bytes), grounded, out)

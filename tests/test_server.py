@@ -1,0 +1,207 @@
+"""The whole stack on loopback: real Triton, real vLLM engine, real gRPC frontend (`bubo serve`)."""
+
+import asyncio
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+
+from async_runner import LoopThread
+from bubogpt.prompt import Turn
+from bubogpt.reference import ReferencePipeline
+from conftest import make_audio_bytes, make_image_bytes
+from serving.app import ServeOptions, Stack, free_port
+from serving.client import chat_request, collect
+from serving.proto import bubo_pb2, bubo_pb2_grpc
+from serving.server import Limits
+
+
+@pytest.fixture(scope="module")
+def loop():
+    runner = LoopThread()
+    yield runner
+    runner.close()
+
+
+@pytest.fixture(scope="module")
+def stack(loop, tmp_path_factory):
+    options = ServeOptions(port=0, metrics_port=free_port(), cache_dir=tmp_path_factory.mktemp("cache"))
+    stack = loop.run(Stack(options).start(), timeout=900)
+    yield stack
+    loop.run(stack.stop(grace_s=5), timeout=120)
+
+
+@pytest.fixture(scope="module")
+def stub(stack):
+    channel = grpc.insecure_channel(f"127.0.0.1:{stack.port}", options=[("grpc.max_send_message_length", 64 << 20)])
+    yield bubo_pb2_grpc.BuboStub(channel)
+    channel.close()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return ReferencePipeline.from_dir()
+
+
+def expected(reference, turns, image=None, audio=None, max_new_tokens=16):
+    image_embeds = reference.embed_image(image) if image else None
+    audio_embeds = reference.embed_audio(audio) if audio else None
+    return reference.generate_from_embeds(reference.prompt_embeds(turns, image_embeds, audio_embeds), max_new_tokens=max_new_tokens)
+
+
+IMAGE = make_image_bytes(seed=21, fmt="JPEG")
+AUDIO = make_audio_bytes(seconds=4.0, seed=22)
+
+
+def test_chat_streams_the_reference_answer(stub, reference):
+    events = list(stub.Chat(chat_request("What do you see and hear?", IMAGE, AUDIO, max_new_tokens=16)))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[-1] == "done" and set(kinds[:-1]) == {"delta"}
+    result = collect(events)
+    oracle = expected(reference, [Turn("user", "What do you see and hear?")], IMAGE, AUDIO)
+    assert result.token_ids == oracle.token_ids
+    assert result.text.strip() == oracle.text
+    done = result.done
+    assert done.text == result.text
+    assert done.usage.prompt_tokens == oracle.prompt_tokens
+    assert done.usage.completion_tokens == len(oracle.token_ids)
+    assert done.finish_reason == ("length" if oracle.finish_reason == "length" else "stop")
+    t = done.timings
+    assert 0 < t.first_token_ms <= t.total_ms and t.encode_ms > 0 and t.generation_ms > 0
+
+
+def test_second_turn_hits_the_embedding_cache(stub, stack, reference):
+    first = collect(stub.Chat(chat_request("Describe it.", IMAGE, max_new_tokens=8)))
+    hits_before = stack.service.encoders.cache.stats.hits
+    history = [("Describe it.", first.text.strip())]
+    second = collect(stub.Chat(chat_request("And then?", IMAGE, history=history, max_new_tokens=8)))
+    assert stack.service.encoders.cache.stats.hits == hits_before + 1
+    turns = [Turn("user", "Describe it."), Turn("assistant", first.text.strip()), Turn("user", "And then?")]
+    assert second.token_ids == expected(reference, turns, IMAGE, max_new_tokens=8).token_ids
+
+
+def test_concurrent_chats_all_get_their_own_answer(stub, reference):
+    requests = [(f"Question {i}?", make_image_bytes(seed=30 + i) if i % 2 else b"") for i in range(8)]
+    results = [None] * len(requests)
+
+    def run(i):
+        text, image = requests[i]
+        results[i] = collect(stub.Chat(chat_request(text, image, max_new_tokens=8)))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    for (text, image), result in zip(requests, results):
+        assert result.token_ids == expected(reference, [Turn("user", text)], image or None, max_new_tokens=8).token_ids
+
+
+BAD_REQUESTS = {
+    "no turns": (bubo_pb2.ChatRequest(), "turns: at least one user turn"),
+    "role": (bubo_pb2.ChatRequest(turns=[bubo_pb2.Turn(text="hi")]), r"turns\[0\].role"),
+    "last turn": (
+        bubo_pb2.ChatRequest(turns=[bubo_pb2.Turn(role=bubo_pb2.ROLE_USER, text="a"), bubo_pb2.Turn(role=bubo_pb2.ROLE_ASSISTANT, text="b")]),
+        "turns: the last turn must be the user's",
+    ),
+    "reserved": (chat_request("a ### b"), r"turns\[0\].text: contains the reserved sequence"),
+    "temperature": (bubo_pb2.ChatRequest(turns=[bubo_pb2.Turn(role=1, text="hi")], sampling=bubo_pb2.Sampling(temperature=-1)), "sampling.temperature"),
+    "max tokens": (chat_request("hi", max_new_tokens=100000), "sampling.max_new_tokens"),
+    "corrupt image": (chat_request("hi", image=b"\x89PNG\r\n\x1a\n garbage"), "image: image could not be decoded"),
+    "truncated image": (chat_request("hi", image=make_image_bytes(fmt="PNG")[:400]), "image: image could not be decoded"),
+    "corrupt audio": (chat_request("hi", audio=b"RIFF\x00\x00\x00\x00WAVEjunk"), "audio: "),
+    "ground without image": (chat_request("hi", ground=True), "ground: grounding needs an image"),
+    "too long": (chat_request("word " * 3000), "turns: the prompt takes"),
+    "huge image": (chat_request("hi", image=b"\xff" * (Limits().max_image_bytes + 1)), "image: .* bytes, the limit is"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_requests_get_invalid_argument_naming_the_field(stub, reference, case):
+    request, message = BAD_REQUESTS[case]
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Chat(request))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    import re
+
+    assert re.search(message, info.value.details()), info.value.details()
+    # the server is still up and answers correctly
+    result = collect(stub.Chat(chat_request("hi", max_new_tokens=4)))
+    assert result.token_ids == expected(reference, [Turn("user", "hi")], max_new_tokens=4).token_ids
+
+
+def _wait_idle(stack, timeout=30.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if stack.engine.num_unfinished == 0 and stack.service.active_streams == 0:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_cancelled_stream_aborts_its_generation(stub, stack):
+    call = stub.Chat(chat_request("Tell me everything.", max_new_tokens=1000))
+    first = next(call)
+    assert first.WhichOneof("event") == "delta"
+    call.cancel()
+    assert _wait_idle(stack)
+
+
+def test_streams_beyond_the_limit_get_resource_exhausted(stub, stack):
+    limits = stack.service.limits
+    stack.service.limits = Limits(max_concurrent_streams=1)
+    try:
+        call = stub.Chat(chat_request("Tell me everything.", max_new_tokens=1000))
+        next(call)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Chat(chat_request("hi", max_new_tokens=2)))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "concurrent streams" in info.value.details()
+        call.cancel()
+    finally:
+        stack.service.limits = limits
+    assert _wait_idle(stack)
+
+
+def test_health_reflection_and_metrics(stack, stub):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{stack.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="bubo.v1.Bubo"))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        responses = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        services = {s.name for r in responses for s in r.list_services_response.service}
+        assert {"bubo.v1.Bubo", "grpc.health.v1.Health"} <= services
+    text = urllib.request.urlopen(f"http://127.0.0.1:{stack.options.metrics_port}/metrics", timeout=10).read().decode()
+    assert 'bubo_requests_total{code="OK",method="Chat"}' in text
+    assert 'bubo_requests_total{code="INVALID_ARGUMENT",method="Chat"}' in text
+    assert 'bubo_embedding_cache_total{modality="image",result="hit"}' in text
+
+
+def test_ground_without_grounding_models_is_a_clear_error(stub):
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Ground(bubo_pb2.GroundRequest(image=IMAGE))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_graceful_shutdown_finishes_in_flight_streams(loop, stack, stub):
+    """Runs last in this module: it stops the stack."""
+    results = {}
+
+    def long_chat():
+        results["chat"] = collect(stub.Chat(chat_request("Tell me a story.", max_new_tokens=64)))
+
+    thread = threading.Thread(target=long_chat)
+    thread.start()
+    time.sleep(1.0)
+    loop.run(stack.stop(grace_s=60), timeout=300)
+    thread.join(60)
+    assert results["chat"].done is not None
+    assert results["chat"].done.usage.completion_tokens > 0
+    with pytest.raises(grpc.RpcError):
+        list(stub.Chat(chat_request("hi", max_new_tokens=2)))
