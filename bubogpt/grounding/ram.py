@@ -48,6 +48,7 @@ from PIL import Image
 from torch import nn
 
 from bubogpt.image import to_rgb
+from bubogpt.official_checkpoints import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -573,7 +574,7 @@ Checkpoint = Union[str, os.PathLike, StateDict]
 IgnoreRule = tuple[str, str]  # (regex, full match over the official key; why it is skipped)
 
 
-class RamCheckpointError(ValueError):
+class RamCheckpointError(CheckpointError):
     """A RAM checkpoint that does not match the tagger; the message names every offending key."""
 
 

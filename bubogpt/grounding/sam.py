@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from bubogpt.official_checkpoints import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -666,7 +667,7 @@ SAM_IGNORED_KEYS: dict[str, str] = {
 SAM_CHECKED_CONSTANTS: tuple[str, ...] = ("pixel_mean", "pixel_std")
 
 
-class SamCheckpointError(ValueError):
+class SamCheckpointError(CheckpointError):
     """A SAM checkpoint does not match the networks; the message lists the offending names."""
 
 
