@@ -3,9 +3,9 @@
 Two engines share one interface:
 
 * `VLLMEngine` (the default): vLLM's AsyncLLM, continuous batching, prefix caching. The modality
-  embeddings reach it as `prompt_embeds`: the whole input sequence as embeddings, text rows taken
-  from the LLM's own embedding table, image/audio rows spliced in (see `INJECTION_ROUTE` below for
-  why this route and not the others).
+  embeddings reach it as precomputed multimodal items of an out-of-tree model (the prompt stays
+  token ids with a placeholder run per modality); `prompt_embeds` routes remain selectable (see
+  `INJECTION_ROUTE` below for the measurements behind the choice).
 * `TorchEngine`: plain PyTorch (transformers), one request at a time; the benchmark baseline and
   the oracle's twin. Selected explicitly (`--llm-engine torch`).
 
@@ -45,15 +45,17 @@ from bubogpt.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-# Why prompt_embeds (measured in benchmarks/results/injection_routes.md, run by
-# `python -m benchmarks.injection_routes`): on this model the pure-embeddings route gave the same
-# greedy tokens as the PyTorch reference, the same throughput and time to first token as the
-# mixed route (token ids + embeddings), and prefix caching still serves the second turn of a chat
-# about the same image, because the image rows are bit-identical (embeddings are cached by content
-# hash upstream). The mixed route needs the same full-length embedding tensor, so it saves nothing
-# on the wire.
-INJECTION_ROUTE = "embeds"
-ROUTES = ("embeds", "mixed")
+# Why the "mm" route (an out-of-tree multimodal model, serving/vllm_plugin.py), measured side by
+# side with `python -m benchmarks.injection_routes` (benchmarks/results/injection_routes.md):
+# all three routes give the reference's greedy tokens and all three reuse the prefix cache on a
+# chat's next turn about the same image (256 of 405 positions cached). Throughput and time to first
+# token were within the noise of a shared 2-core machine, the mm route never behind. What separates
+# them is what crosses into the engine core per request: `prompt_embeds` (pure or mixed) ships the
+# whole sequence as embeddings (10x the mm payload on nano; for Vicuna-7B in fp16, 8 KiB per prompt
+# position, i.e. 8 MiB for a 1000-token chat) while mm ships token ids plus 32 rows per modality.
+# The mm route also keeps vLLM's own shape validation (a wrong-width tensor is rejected, not fatal).
+INJECTION_ROUTE = "mm"
+ROUTES = ("embeds", "mixed", "mm")
 
 
 class EngineRequestError(ValueError):
@@ -101,6 +103,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     timings: dict[str, float] = field(default_factory=dict)
+    cached_tokens: int = 0  # prompt positions served from the prefix cache (vLLM)
 
 
 @dataclass
@@ -224,16 +227,21 @@ class VLLMEngine(EngineBase):
         dtype = self.dtype
         if dtype == "auto":
             dtype = "float32" if self.llm_cfg.hidden <= 1024 else ("float16" if torch.cuda.is_available() else "bfloat16")
+        route_args = {"enable_prompt_embeds": True}
+        if self.route == "mm":
+            from serving.vllm_plugin import mm_engine_kwargs
+
+            route_args = mm_engine_kwargs(self.num_query_tokens, self.placeholder_id)
         return AsyncEngineArgs(
             model=str(self.llm_dir),
             tokenizer=str(self.llm_dir),
             dtype=dtype,
             max_model_len=self.context,
-            enable_prompt_embeds=True,
             enable_prefix_caching=self.enable_prefix_caching,
             max_num_seqs=self.max_num_seqs,
             seed=0,
             disable_log_stats=True,
+            **route_args,
         )
 
     async def start(self) -> None:
@@ -265,9 +273,18 @@ class VLLMEngine(EngineBase):
             self.restarts += 1
             await self.start()
 
+    @property
+    def placeholder_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
+
     def engine_prompt(self, prepared: PreparedPrompt) -> dict:
         if self.route == "embeds":
             return {"prompt_embeds": prepared.embeds}
+        if self.route == "mm":
+            from serving.vllm_plugin import mm_engine_prompt
+
+            rows = [prepared.embeds[start : start + length] for start, length in prepared.layout.slots]
+            return mm_engine_prompt(prepared.layout, rows, self.placeholder_id)
         return {
             "prompt_embeds": prepared.embeds,
             "prompt_token_ids": prepared.layout.token_ids,
@@ -302,6 +319,7 @@ class VLLMEngine(EngineBase):
         first_token_s = None
         finish_reason = None
         finished = False
+        cached_tokens = 0
         # Text comes from our own detokenizer over the token ids (vLLM's stops at `###` in the
         # engine): the same streaming rules as the PyTorch engine, and the final text is exactly
         # the full decode even when a model emits invalid UTF-8 byte sequences.
@@ -316,6 +334,7 @@ class VLLMEngine(EngineBase):
                     yield TextDelta(text=delta, token_ids=list(choice.token_ids))
                 if output.finished:
                     finish_reason = choice.finish_reason or "stop"
+                    cached_tokens = getattr(output, "num_cached_tokens", None) or 0
             finished = True
             tail = stream.flush()
             if tail:
@@ -336,6 +355,7 @@ class VLLMEngine(EngineBase):
             prompt_tokens=len(prepared.layout),
             completion_tokens=len(stream.token_ids),
             timings={"first_token_s": first_token_s or total, "generate_s": total},
+            cached_tokens=cached_tokens,
         )
 
 

@@ -146,7 +146,9 @@ def mm_engine_prompt(
             shape = list(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__
             raise ValueError(f"modality embeddings must be [{length}, hidden], got {shape}")
         token_ids[start : start + length] = [placeholder_id] * length
-        items.append(rows.detach().to("cpu").contiguous())
+        # a copy: a slice of a bigger tensor (e.g. rows of the spliced prompt) would drag its
+        # whole storage into vLLM's processor cache and IPC
+        items.append(rows.detach().to("cpu", copy=True).contiguous())
     if not items:
         return {"prompt_token_ids": token_ids}
     lengths = {length for _, length in layout.slots}
