@@ -21,6 +21,11 @@ DEFAULT_SEED = 0
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
 
+# An untrained tagger's probabilities sit near 0.5: this threshold lets it propose a few tags so
+# that the whole grounding path runs on the random default (RAM's own thresholds are ~0.7-0.9).
+RANDOM_TAG_THRESHOLD = 0.5
+
+
 def build_random_model(cfg: BuboConfig, seed: int):
     """(BuboGPT, LlamaForCausalLM, tokenizer) with weights drawn from `seed`, on CPU, float32."""
     generator_state = torch.random.get_rng_state()
@@ -35,10 +40,21 @@ def build_random_model(cfg: BuboConfig, seed: int):
 
 
 def write_random_model(out: str | Path, preset: str = "nano", seed: int = DEFAULT_SEED) -> Path:
+    from bubogpt.grounding.pipeline import build_random_grounding, save_grounding
+
     cfg = get_preset(preset)
     model, llm, tokenizer = build_random_model(cfg, seed)
     provenance = {"kind": "random", "seed": seed, "command": f"bubo init --preset {preset} --seed {seed} --out DIR"}
-    return save_model(model, out, llm=llm, tokenizer=tokenizer, provenance=provenance)
+    out = save_model(model, out, llm=llm, tokenizer=tokenizer, provenance=provenance)
+    if preset == "nano":  # tiny grounding models ride along with the tiny model
+        generator_state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(seed + 1)
+            grounding = build_random_grounding("tiny", Path(out) / "grounding", tag_threshold=RANDOM_TAG_THRESHOLD)
+        finally:
+            torch.random.set_rng_state(generator_state)
+        save_grounding(grounding, out)
+    return out
 
 
 def default_model_dir() -> Path:
