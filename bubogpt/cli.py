@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--max-new-tokens", type=int, default=64)
     ref.add_argument("--json", action="store_true")
     ref.set_defaults(func=_reference)
+
+    from training.cli import add_train_parser  # `bubo train stage1|stage2 --config FILE [--resume CKPT]`
+
+    add_train_parser(sub)
     return parser
 
 
