@@ -56,13 +56,13 @@ def _export(args: argparse.Namespace) -> int:
     from export.repository import RepositorySettings, write_repository
     from serving.triton import model_env_dir
 
+    from bubogpt.defaults import default_model_dir
+
     if args.weights:
         model = load_model(args.weights)
         if args.preset and model.cfg.name != args.preset:
             raise SystemExit(f"--weights holds a {model.cfg.name} model, not {args.preset}")
     elif args.preset in (None, "nano"):
-        from bubogpt.defaults import default_model_dir
-
         model = load_model(default_model_dir())
     else:
         raise SystemExit(f"--preset {args.preset} needs --weights DIR (see `bubo convert`); only nano is built in")
@@ -71,7 +71,11 @@ def _export(args: argparse.Namespace) -> int:
         device="cuda" if args.backend == "tensorrt" else "cpu",
         execution_env=str(env) if env.is_dir() else None,
     )
-    write_repository(args.out, model, backend=args.backend, settings=settings, overwrite=args.overwrite)
+    from bubogpt.grounding.pipeline import has_grounding, load_grounding
+
+    source = Path(args.weights) if args.weights else default_model_dir()
+    grounding = load_grounding(source) if has_grounding(source) and not args.no_grounding else None
+    write_repository(args.out, model, backend=args.backend, settings=settings, overwrite=args.overwrite, grounding=grounding)
     print(f"wrote Triton model repository {args.out}")
     return 0
 
@@ -167,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--backend", choices=("onnx", "tensorrt"), default="onnx")
     export.add_argument("--out", required=True, help="repository directory to write")
     export.add_argument("--overwrite", action="store_true")
+    export.add_argument("--no-grounding", action="store_true", help="leave the grounding networks out")
     export.set_defaults(func=_export)
 
     triton = sub.add_parser("triton", help="run Triton Inference Server on a model repository")

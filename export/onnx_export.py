@@ -54,8 +54,19 @@ def export_onnx(spec: ExportSpec, path: Path, example_batch: int = 2) -> Path:
 
 
 def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
-    scale = float(np.max(np.abs(reference))) or 1.0
-    return float(np.max(np.abs(reference.astype(np.float64) - candidate.astype(np.float64)))) / scale
+    """max |reference - candidate| / max |reference| over finite entries; inf if shapes or the
+    non-finite entries (e.g. the detector's -inf on padded text positions) differ."""
+    reference = np.asarray(reference, dtype=np.float64)
+    candidate = np.asarray(candidate, dtype=np.float64)
+    if reference.shape != candidate.shape:
+        return float("inf")
+    finite = np.isfinite(reference)
+    if not np.array_equal(finite, np.isfinite(candidate)) or not np.array_equal(reference[~finite], candidate[~finite]):
+        return float("inf")
+    if not finite.any():
+        return 0.0
+    scale = float(np.max(np.abs(reference[finite]))) or 1.0
+    return float(np.max(np.abs(reference[finite] - candidate[finite]))) / scale
 
 
 def torch_outputs(spec: ExportSpec, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
@@ -74,4 +85,4 @@ def check_onnx(spec: ExportSpec, path: Path, batch: int = 3, tolerance: float = 
     got = session.run(spec.outputs, {k: v.numpy() for k, v in inputs.items()})
     expected = torch_outputs(spec, inputs)
     error = max(relative_error(e, g) for e, g in zip(expected, got))
-    return ParityResult(spec.name, "onnx", batch, error, tolerance)
+    return ParityResult(spec.name, "onnx", int(next(iter(inputs.values())).shape[0]), error, tolerance)

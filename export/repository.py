@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from bubogpt.model import BuboGPT
 from export.onnx_export import ParityError, ParityResult, check_onnx, export_onnx
-from export.specs import ExportSpec, modality_specs
+from export.specs import ExportSpec, grounding_specs, modality_specs
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,8 @@ def model_config(
     text += f'platform: "{platform}"\n' if platform else f'backend: "{backend}"\n'
     text += f"max_batch_size: {batching.max_batch_size}\n"
     text += tensor_block("input", inputs) + tensor_block("output", outputs)
-    if batching.max_batch_size > 0:
-        preferred = "".join(f" preferred_batch_size: {size}" for size in batching.preferred)
+    if batching.max_batch_size > 0 and batching.max_queue_delay_us >= 0:
+        preferred = "".join(f" preferred_batch_size: {size}" for size in batching.preferred if size <= batching.max_batch_size)
         text += f"dynamic_batching {{{preferred} max_queue_delay_microseconds: {batching.max_queue_delay_us} }}\n"
     kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
     text += f"instance_group [ {{ kind: {kind} count: {batching.instances} }} ]\n"
@@ -125,26 +125,36 @@ def _write_python_model(repo: Path, name: str, template: str, config: str, setti
     (repo / name / "config.pbtxt").write_text(config)
 
 
-def _shape_without_batch(tensor) -> list[int]:
-    return list(tensor.shape[1:])
+TRITON_TYPES = {
+    "torch.float32": "TYPE_FP32", "torch.float16": "TYPE_FP16", "torch.int64": "TYPE_INT64",
+    "torch.int32": "TYPE_INT32", "torch.bool": "TYPE_BOOL", "float32": "TYPE_FP32", "float16": "TYPE_FP16",
+    "int64": "TYPE_INT64", "int32": "TYPE_INT32", "bool": "TYPE_BOOL",
+}
+
+
+def triton_dims(spec: ExportSpec, name: str, shape) -> list[int]:
+    """Config dims: without the batch axis when Triton batches, -1 on every dynamic axis."""
+    dynamic = spec.dynamic_axes().get(name, {})
+    dims = [-1 if axis in dynamic else int(size) for axis, size in enumerate(shape)]
+    return dims[1:] if spec.max_batch_size > 0 else dims
 
 
 def _export_network(repo: Path, spec: ExportSpec, settings: RepositorySettings, backend: str) -> ParityResult:
+    from export.onnx_export import torch_outputs
+
     version = repo / spec.name / "1"
     version.mkdir(parents=True, exist_ok=True)
     onnx_path = export_onnx(spec, version / "model.onnx")
     result = check_onnx(spec, onnx_path)
     example = spec.example(1)
-    from export.onnx_export import torch_outputs
-
     outputs = torch_outputs(spec, example)
-    inputs_cfg = [(name, "TYPE_FP32", _shape_without_batch(t)) for name, t in example.items()]
-    outputs_cfg = [(name, "TYPE_FP32", list(o.shape[1:])) for name, o in zip(spec.outputs, outputs)]
+    inputs_cfg = [(name, TRITON_TYPES[str(t.dtype)], triton_dims(spec, name, t.shape)) for name, t in example.items()]
+    outputs_cfg = [(name, TRITON_TYPES[str(o.dtype)], triton_dims(spec, name, o.shape)) for name, o in zip(spec.outputs, outputs)]
     batching = dataclasses.replace(settings.encoders, max_batch_size=spec.max_batch_size)
     if backend == "tensorrt":
         from export.tensorrt_build import build_engine, check_engine
 
-        plan = build_engine(onnx_path, version / "model.plan", spec, max_batch=batching.max_batch_size)
+        plan = build_engine(onnx_path, version / "model.plan", spec, max_batch=max(1, batching.max_batch_size))
         result = check_engine(spec, plan)
         onnx_path.unlink()
         config = model_config(spec.name, inputs_cfg, outputs_cfg, batching, platform="tensorrt_plan", device="cuda")
@@ -163,8 +173,13 @@ def write_repository(
     backend: str = "onnx",
     settings: RepositorySettings | None = None,
     overwrite: bool = False,
+    grounding=None,
 ) -> list[ParityResult]:
-    """Exports every network, checks parity, writes configs and ensembles; atomic on success."""
+    """Exports every network, checks parity, writes configs and ensembles; atomic on success.
+
+    `grounding` (a bubogpt.grounding.pipeline.GroundingPipeline) adds the tagger, detector and SAM
+    networks and the `grounding` ensemble.
+    """
     if backend not in ("onnx", "tensorrt"):
         raise ValueError(f"backend must be onnx or tensorrt, got {backend!r}")
     if backend == "tensorrt":
@@ -180,10 +195,14 @@ def write_repository(
     try:
         cfg = model.cfg
         specs = modality_specs(model)
+        if grounding is not None:
+            specs += grounding_specs(grounding)
         results = []
         for spec in tqdm(specs, desc=f"export ({backend})", unit="model"):
             results.append(_export_network(staging, spec, settings, backend))
         _write_pre_and_ensembles(staging, model, settings)
+        if grounding is not None:
+            _write_grounding(staging, grounding, settings)
         failed = [r for r in results if not r.ok]
         print_summary(results)
         if failed:
@@ -191,6 +210,7 @@ def write_repository(
             raise ParityError(f"parity check failed for {names}; the repository was not written")
         (staging / "bubo_repository.json").write_text(
             json.dumps({"preset": cfg.name, "backend": backend, "config": cfg.to_dict(),
+                        "grounding": grounding is not None,
                         "parity": [dataclasses.asdict(r) for r in results]}, indent=2) + "\n"
         )
         if out.exists():
@@ -236,6 +256,51 @@ def _write_pre_and_ensembles(repo: Path, model: BuboGPT, settings: RepositorySet
         ]
         config = ensemble_config(name, [(data_in, "TYPE_STRING", [1])], [("EMBEDS", "TYPE_FP32", embeds)], steps, batch)
         (repo / name / "config.pbtxt").write_text(config)
+
+
+def _write_grounding(repo: Path, pipeline, settings: RepositorySettings) -> None:
+    cfg = pipeline.cfg
+    tagger_size = pipeline.tagger.config.image_size
+    sam_size = pipeline.segmenter_encoder.cfg.img_size
+    batching = dataclasses.replace(settings.preprocess, max_batch_size=8)
+    _write_python_model(
+        repo, "grounding_preprocess", "grounding_preprocess",
+        model_config(
+            "grounding_preprocess", [("IMAGE", "TYPE_STRING", [1])],
+            [("TAGGER_PIXELS", "TYPE_FP32", [3, tagger_size, tagger_size]), ("DETECTOR_PIXELS", "TYPE_FP32", [3, -1, -1]),
+             ("SAM_PIXELS", "TYPE_FP32", [3, sam_size, sam_size]), ("SIZES", "TYPE_INT32", [4])],
+            batching, execution_env=settings.execution_env,
+        ),
+        {"max_pixels": settings.max_image_pixels, "tagger": cfg.tagger, "detector": cfg.detector, "segmenter": cfg.segmenter},
+    )
+    embeddings = [pipeline.segmenter_encoder.cfg.prompt_embed_dim, pipeline.segmenter_encoder.cfg.embed_size, pipeline.segmenter_encoder.cfg.embed_size]
+    outputs = [("TAGS", "TYPE_STRING", [-1]), ("LABELS", "TYPE_STRING", [-1]), ("SCORES", "TYPE_FP32", [-1]),
+               ("BOXES", "TYPE_FP32", [-1, 4]), ("MASKS", "TYPE_STRING", [-1])]
+    _write_python_model(
+        repo, "grounding_postprocess", "grounding_postprocess",
+        model_config(
+            "grounding_postprocess",
+            [("PROBS", "TYPE_FP32", [len(pipeline.tag_list)]), ("DETECTOR_PIXELS", "TYPE_FP32", [3, -1, -1]),
+             ("EMBEDDINGS", "TYPE_FP32", embeddings), ("SIZES", "TYPE_INT32", [4])],
+            outputs, batching, execution_env=settings.execution_env,
+        ),
+        {"config": dataclasses.asdict(cfg), "tag_list": pipeline.tag_list,
+         "thresholds": [float(t) for t in pipeline.thresholds.tolist()], "deleted_tags": list(pipeline.deleted_tags)},
+    )
+    text_dir = Path(pipeline.tokenizer.name_or_path)
+    shutil.copytree(text_dir, repo / "grounding_postprocess" / "1" / "text_encoder")
+    (repo / "grounding" / "1").mkdir(parents=True, exist_ok=True)
+    steps = [
+        ("grounding_preprocess", {"IMAGE": "IMAGE"},
+         {"TAGGER_PIXELS": "tagger_pixels", "DETECTOR_PIXELS": "detector_pixels", "SAM_PIXELS": "sam_pixels", "SIZES": "sizes"}),
+        ("tagger", {"PIXELS": "tagger_pixels"}, {"PROBS": "probs"}),
+        ("sam_image_encoder", {"PIXELS": "sam_pixels"}, {"EMBEDDINGS": "embeddings"}),
+        ("grounding_postprocess",
+         {"PROBS": "probs", "DETECTOR_PIXELS": "detector_pixels", "EMBEDDINGS": "embeddings", "SIZES": "sizes"},
+         {name: name for name, _, _ in outputs}),
+    ]
+    config = ensemble_config("grounding", [("IMAGE", "TYPE_STRING", [1])], outputs, steps, max_batch_size=4)
+    (repo / "grounding" / "config.pbtxt").write_text(config)
 
 
 def print_summary(results: list[ParityResult]) -> None:

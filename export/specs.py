@@ -25,10 +25,17 @@ class ExportSpec:
     outputs: list[str]
     # extra dynamic axes beyond the batch axis 0: input/output name -> {axis: label}
     extra_dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    # 0 = no batch axis in Triton's sense (the detector sees one image of its own size at a time)
     max_batch_size: int = 8
+    # for specs whose examples are not "random of batch N" (token ids, masks): seed -> inputs
+    make_example: Callable[[int], dict[str, torch.Tensor]] | None = None
+    # TensorRT optimization profile for non-batch dynamic axes: input -> (min, opt, max) shapes
+    trt_profile: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] | None = None
 
     def example(self, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
         torch.manual_seed(seed)
+        if self.make_example is not None:
+            return self.make_example(seed)
         return {name: make(batch) for name, make in self.inputs.items()}
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -78,5 +85,85 @@ def modality_specs(model: BuboGPT) -> list[ExportSpec]:
             # the encoder's tokens are unit vectors scaled by 20
             inputs={"FEATURES": lambda b: torch.nn.functional.normalize(torch.randn(b, a.num_tokens, a.width), dim=-1) * 20},
             outputs=["EMBEDS"],
+        ),
+    ]
+
+
+def grounding_specs(pipeline) -> list[ExportSpec]:
+    """The grounding networks of a `bubogpt.grounding.pipeline.GroundingPipeline`."""
+    from bubogpt.grounding.gdino_text import caption_from_tags, tokenize
+
+    tagger_size = pipeline.tagger.config.image_size
+    scfg = pipeline.segmenter_encoder.cfg
+    dcfg = pipeline.detector.cfg
+
+    def detector_example(seed: int) -> dict[str, torch.Tensor]:
+        # seed 0: the export example; other seeds: another image size and caption length
+        generator = torch.Generator().manual_seed(seed)
+        count = 3 + seed % 5
+        order = torch.randperm(len(pipeline.tag_list), generator=generator)[:count].tolist()
+        text = tokenize(caption_from_tags([pipeline.tag_list[i] for i in order]), pipeline.tokenizer, dcfg)
+        height, width = (96 + 16 * seed, 128 + 24 * seed) if dcfg.hidden < 256 else (800, 1066 - 64 * seed)
+        return {
+            "PIXELS": torch.randn(1, 3, height, width, generator=generator),
+            "INPUT_IDS": text.input_ids,
+            "ATTENTION_MASK": text.attention_mask,
+            "TOKEN_TYPE_IDS": text.token_type_ids,
+            "TEXT_SELF_ATTENTION_MASKS": text.text_self_attention_masks,
+            "POSITION_IDS": text.position_ids,
+        }
+
+    def decoder_example(seed: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        boxes = torch.rand(1, 2 + seed, 2, generator=generator) * scfg.img_size / 2
+        return {
+            "EMBEDDINGS": torch.randn(1, scfg.prompt_embed_dim, scfg.embed_size, scfg.embed_size, generator=generator),
+            "BOXES": torch.cat([boxes, boxes + scfg.img_size / 4], dim=-1),
+        }
+
+    tokens = "tokens"
+    return [
+        ExportSpec(
+            name="tagger",
+            module=pipeline.tagger,
+            inputs={"PIXELS": lambda b: torch.randn(b, 3, tagger_size, tagger_size)},
+            outputs=["PROBS"],
+        ),
+        ExportSpec(
+            name="detector",
+            module=pipeline.detector,
+            inputs={name: (lambda b: None) for name in detector_example(0)},
+            outputs=["PRED_LOGITS", "PRED_BOXES"],
+            extra_dynamic_axes={
+                "PIXELS": {2: "height", 3: "width"}, "INPUT_IDS": {1: tokens}, "ATTENTION_MASK": {1: tokens},
+                "TOKEN_TYPE_IDS": {1: tokens}, "TEXT_SELF_ATTENTION_MASKS": {1: tokens, 2: tokens}, "POSITION_IDS": {1: tokens},
+            },
+            max_batch_size=0,
+            make_example=detector_example,
+            trt_profile={
+                "PIXELS": ((1, 3, 512, 512), (1, 3, 800, 1066), (1, 3, 1333, 1333)),
+                **{name: ((1, 1), (1, 32), (1, dcfg.max_text_len)) for name in ("INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS", "POSITION_IDS")},
+                "TEXT_SELF_ATTENTION_MASKS": ((1, 1, 1), (1, 32, 32), (1, dcfg.max_text_len, dcfg.max_text_len)),
+            },
+        ),
+        ExportSpec(
+            name="sam_image_encoder",
+            module=pipeline.segmenter_encoder,
+            inputs={"PIXELS": lambda b: torch.randn(b, 3, scfg.img_size, scfg.img_size)},
+            outputs=["EMBEDDINGS"],
+            max_batch_size=4,
+        ),
+        ExportSpec(
+            name="sam_prompt_decoder",
+            module=pipeline.segmenter_decoder,
+            inputs={name: (lambda b: None) for name in decoder_example(0)},
+            outputs=["LOW_RES_MASKS", "IOU"],
+            extra_dynamic_axes={"BOXES": {1: "boxes"}, "LOW_RES_MASKS": {1: "boxes"}, "IOU": {1: "boxes"}},
+            max_batch_size=0,
+            make_example=decoder_example,
+            trt_profile={
+                "EMBEDDINGS": ((1, scfg.prompt_embed_dim, scfg.embed_size, scfg.embed_size),) * 3,
+                "BOXES": ((1, 1, 4), (1, 8, 4), (1, 64, 4)),
+            },
         ),
     ]

@@ -28,8 +28,10 @@ fi
 
 if [ ! -x "$root/pyenv/bin/python" ]; then
     torch_version=$($py -c 'import torch; print(torch.__version__.split("+")[0])')
+    transformers_version=$($py -c 'import transformers; print(transformers.__version__)')
     python3 -m venv "$root/pyenv"
-    "$root/pyenv/bin/python" -m pip install --quiet "numpy<2" onnxruntime pillow soundfile safetensors "torch==$torch_version"
+    "$root/pyenv/bin/python" -m pip install --quiet "numpy<2" onnxruntime pillow soundfile safetensors \
+        "torch==$torch_version" "transformers==$transformers_version"
     "$root/pyenv/bin/python" -m pip install --quiet --no-deps -e .
 fi
 

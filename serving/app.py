@@ -65,13 +65,17 @@ def ensure_repository(model_dir: Path, options: ServeOptions) -> Path:
     if options.repository is not None:
         return options.repository
     backend = "tensorrt" if options.device == "cuda" else "onnx"
-    out = options.cache_dir / "repositories" / f"{model_dir.name}-{repository_key(model_dir, backend)}"
+    key = repository_key(model_dir, backend + ("+grounding" if options.grounding else ""))
+    out = options.cache_dir / "repositories" / f"{model_dir.name}-{key}"
     if (out / "bubo_repository.json").is_file():
         log.info("using the cached Triton repository %s", out)
         return out
+    from bubogpt.grounding.pipeline import has_grounding, load_grounding
+
     env = model_env_dir()
     settings = RepositorySettings(device=options.device, execution_env=str(env) if env.is_dir() else None)
-    write_repository(out, load_model(model_dir), backend=backend, settings=settings, overwrite=True)
+    grounding = load_grounding(model_dir) if options.grounding and has_grounding(model_dir) else None
+    write_repository(out, load_model(model_dir), backend=backend, settings=settings, overwrite=True, grounding=grounding)
     return out
 
 

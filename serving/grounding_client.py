@@ -15,7 +15,7 @@ import numpy as np
 
 from bubogpt.grounding.schema import GroundedEntity
 from serving.encoders import EncoderUnavailable, InputError
-from serving.server import GroundingResult
+from bubogpt.grounding.pipeline import GroundingResult
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ class TritonGrounder:
     async def ground(self, image: bytes) -> GroundingResult:
         from tritonclient.utils import InferenceServerException
 
-        tensor = self._grpcclient.InferInput("IMAGE", [1], "BYTES")
-        tensor.set_data_from_numpy(np.array([image], dtype=object))
+        tensor = self._grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[image]], dtype=object))
         try:
             result = await self.client.infer(self.model, [tensor], client_timeout=self.timeout_s)
         except InferenceServerException as exc:
@@ -41,11 +41,16 @@ class TritonGrounder:
             if "IMAGE: " in message:
                 raise InputError(f"image: {message.split('IMAGE: ', 1)[1]}") from None
             raise EncoderUnavailable(f"{self.model} failed: {message}") from None
-        tags = [t.decode() for t in result.as_numpy("TAGS").reshape(-1)]
-        labels = [t.decode() for t in result.as_numpy("LABELS").reshape(-1)]
-        scores = result.as_numpy("SCORES").reshape(-1)
-        boxes = result.as_numpy("BOXES").reshape(-1, 4)
-        masks = [json.loads(m) for m in result.as_numpy("MASKS").reshape(-1)]
+        # zero entities come back as empty tensors (or none at all)
+        def strings(name):
+            array = result.as_numpy(name)
+            return [] if array is None else [t.decode() for t in array.reshape(-1)]
+
+        tags = strings("TAGS")
+        labels = strings("LABELS")
+        scores = result.as_numpy("SCORES").reshape(-1) if labels else []
+        boxes = result.as_numpy("BOXES").reshape(-1, 4) if labels else []
+        masks = [json.loads(m) for m in strings("MASKS")]
         entities = [
             GroundedEntity(index=i, label=label, score=float(score), box_xyxy=tuple(float(v) for v in box), mask=mask)
             for i, (label, score, box, mask) in enumerate(zip(labels, scores, boxes, masks))

@@ -25,6 +25,7 @@ import grpc
 
 from bubogpt.grounding.matching import EntityMatcher, RuleEntityMatcher
 from bubogpt.grounding.rle import encode as rle_encode
+from bubogpt.grounding.pipeline import GroundingResult
 from bubogpt.grounding.schema import GroundedEntity
 from bubogpt.prompt import Turn
 from serving.encoders import EncoderUnavailable, InputError, TritonEncoders
@@ -45,12 +46,6 @@ class Limits:
     default_max_new_tokens: int = 256
     max_concurrent_streams: int = 64
     request_timeout_s: float = 300.0
-
-
-@dataclass
-class GroundingResult:
-    tags: list[str]
-    entities: list[GroundedEntity]
 
 
 class Grounder(Protocol):

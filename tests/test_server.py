@@ -183,10 +183,73 @@ def test_health_reflection_and_metrics(stack, stub):
     assert 'bubo_embedding_cache_total{modality="image",result="hit"}' in text
 
 
-def test_ground_without_grounding_models_is_a_clear_error(stub):
+@pytest.fixture(scope="module")
+def grounding_reference():
+    from bubogpt.defaults import default_model_dir
+    from bubogpt.grounding.pipeline import load_grounding
+
+    return load_grounding(default_model_dir())
+
+
+def _picture(data):
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def test_ground_returns_the_pipelines_entities_matched_to_the_text(stub, grounding_reference):
+    from bubogpt.grounding.rle import decode
+
+    for seed in range(6):  # find an image whose entities include a one-word label
+        data = make_image_bytes(seed=seed)
+        reference = grounding_reference(_picture(data))
+        single = [e for e in reference.entities if "," not in e.label and " " not in e.label]
+        if single:
+            break
+    assert single, "no single-word entity label in six images"
+    target = single[0]
+    text = f"In the picture I can see the {target.label} clearly."
+    response = stub.Ground(bubo_pb2.GroundRequest(image=data, text=text))
+    assert list(response.tags) == reference.tags
+    assert response.entities
+    for entity in response.entities:
+        assert text[entity.start : entity.end] == entity.phrase
+        assert entity.label == target.label
+        want = reference.entities[entity.index]
+        assert want.label == target.label
+        mask = decode({"size": [entity.mask.height, entity.mask.width], "counts": entity.mask.counts})
+        iou = (mask & want.mask_array()).sum() / max((mask | want.mask_array()).sum(), 1)
+        assert iou > 0.999
+        assert abs(entity.box.x0 - want.box_xyxy[0]) < 1e-2 and abs(entity.box.y1 - want.box_xyxy[3]) < 1e-2
+    # without text: every grounded entity comes back
+    everything = stub.Ground(bubo_pb2.GroundRequest(image=data))
+    assert [e.label for e in everything.entities] == [e.label for e in reference.entities]
+
+
+def test_chat_with_grounding_streams_entities_after_the_answer(stub, grounding_reference):
+    from bubogpt.grounding.matching import RuleEntityMatcher
+
+    events = list(stub.Chat(chat_request("What is in the picture?", IMAGE, ground=True, max_new_tokens=12)))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[-1] == "done"
+    first_entity = kinds.index("entity") if "entity" in kinds else len(kinds) - 1
+    assert all(kind == "delta" for kind in kinds[:first_entity])
+    result = collect(events)
+    assert result.done.timings.grounding_ms > 0
+    reference = grounding_reference(_picture(IMAGE))
+    expected = RuleEntityMatcher().match(result.text, [e.label for e in reference.entities])
+    assert [(e.phrase, e.start, e.end, e.label, e.index) for e in result.entities] == [
+        (m.phrase, m.start, m.end, reference.entities[m.entity_index].label, m.entity_index) for m in expected
+    ]
+
+
+def test_ground_rejects_a_corrupt_image(stub):
     with pytest.raises(grpc.RpcError) as info:
-        stub.Ground(bubo_pb2.GroundRequest(image=IMAGE))
-    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        stub.Ground(bubo_pb2.GroundRequest(image=b"not an image"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("image:")
 
 
 def test_graceful_shutdown_finishes_in_flight_streams(loop, stack, stub):

@@ -10,6 +10,7 @@ from tritonclient.utils import InferenceServerException
 
 from benchmarks.perf_analyzer import run_perf_analyzer
 from bubogpt.defaults import default_model_dir
+from bubogpt.grounding.pipeline import load_grounding
 from bubogpt.reference import ReferencePipeline
 from bubogpt.weights import load_model
 from conftest import make_audio_bytes, make_image_bytes
@@ -32,8 +33,10 @@ def free_ports(count: int) -> list[int]:
 def repository(tmp_path_factory):
     out = tmp_path_factory.mktemp("triton") / "repo"
     settings = RepositorySettings(execution_env=str(model_env_dir()))
-    results = write_repository(out, load_model(default_model_dir()), settings=settings)
+    grounding = load_grounding(default_model_dir())
+    results = write_repository(out, load_model(default_model_dir()), settings=settings, grounding=grounding)
     assert all(r.ok for r in results)
+    assert {r.name for r in results} >= {"tagger", "detector", "sam_image_encoder", "sam_prompt_decoder"}
     return out
 
 
@@ -138,3 +141,47 @@ def test_tensorrt_backend_needs_a_gpu(tmp_path):
         pytest.skip("TensorRT and a GPU are present: the GPU benchmark script exercises this path")
     with pytest.raises(TensorRTUnavailable, match="cannot build TensorRT engines"):
         write_repository(tmp_path / "repo", load_model(default_model_dir()), backend="tensorrt")
+
+
+@pytest.fixture(scope="module")
+def grounding_reference():
+    return load_grounding(default_model_dir())
+
+
+@pytest.mark.parametrize("size, seed", [((320, 240), 0), ((240, 400), 1), ((500, 180), 2)])
+def test_grounding_ensemble_equals_the_pytorch_pipeline(server, grounding_reference, size, seed):
+    import asyncio
+    import io
+
+    from PIL import Image
+
+    from serving.grounding_client import TritonGrounder
+
+    data = make_image_bytes(*size, seed=seed)
+
+    async def ground():
+        grounder = TritonGrounder(server.url_grpc)
+        try:
+            return await grounder.ground(data)
+        finally:
+            await grounder.client.close()
+
+    served = asyncio.run(ground())
+    reference = grounding_reference(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert served.tags == reference.tags
+    assert [e.label for e in served.entities] == [e.label for e in reference.entities]
+    assert served.entities, "the default grounding models find something"
+    for got, want in zip(served.entities, reference.entities):
+        assert np.allclose(got.box_xyxy, want.box_xyxy, atol=1e-2)
+        assert abs(got.score - want.score) < 1e-4
+        a, b = got.mask_array(), want.mask_array()
+        assert a.shape == b.shape == (size[1], size[0])
+        assert (a & b).sum() / max((a | b).sum(), 1) > 0.999  # logits near 0 may flip a pixel or two
+
+
+def test_grounding_rejects_a_corrupt_image(client):
+    tensor = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[b"not an image"]], dtype=object))
+    with pytest.raises(InferenceServerException, match="IMAGE: image could not be decoded"):
+        client.infer("grounding", [tensor])
+    assert client.is_server_ready()

@@ -26,8 +26,12 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(os.path.join(version_dir, "model.onnx"), options, providers=providers)
         self.inputs = [item["name"] for item in config["input"]]
         self.outputs = [item["name"] for item in config["output"]]
+        # without a batch axis (max_batch_size 0) requests differ in shape: run them one by one
+        self.batched = int(config.get("max_batch_size", 0)) > 0
 
     def execute(self, requests):
+        if not self.batched and len(requests) > 1:
+            return [self.execute([request])[0] for request in requests]
         parts = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in self.inputs}
         sizes = [array.shape[0] for array in parts[self.inputs[0]]]
         feed = {name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays) for name, arrays in parts.items()}
