@@ -120,6 +120,73 @@ def _chat(args: argparse.Namespace) -> int:
     return main_chat(args.server, args.text, args.image, args.audio, args.out, args.ground, args.max_new_tokens, args.temperature)
 
 
+def _ground(args: argparse.Namespace) -> int:
+    from bubogpt.grounding.matching import RuleEntityMatcher
+    from bubogpt.image import ImageDecodeError, decode_image
+
+    data = Path(args.image).read_bytes()
+    if args.server:
+        return _ground_remote(args, data)
+    from bubogpt.defaults import default_model_dir
+    from bubogpt.grounding.pipeline import load_grounding
+
+    try:
+        image = decode_image(data)
+    except ImageDecodeError as exc:
+        raise SystemExit(f"{args.image}: {exc}") from None
+    result = load_grounding(args.weights or default_model_dir())(image)
+    matches = RuleEntityMatcher().match(args.text, [e.label for e in result.entities]) if args.text else None
+    entities = result.entities
+    rows = []
+    if matches is None:
+        rows = [{"index": e.index, "label": e.label, "score": e.score, "box": list(e.box_xyxy), "mask": e.mask_rle()} for e in entities]
+    else:
+        for m in matches:
+            e = entities[m.entity_index]
+            rows.append({"index": e.index, "phrase": m.phrase, "start": m.start, "end": m.end, "label": e.label,
+                         "score": e.score, "box": list(e.box_xyxy), "mask": e.mask_rle()})
+        entities = [entities[i] for i in sorted({m.entity_index for m in matches})]
+    if args.out:
+        from bubogpt.grounding.overlay import save_overlay
+
+        save_overlay(image, entities, args.out)
+    if args.json:
+        print(json.dumps({"tags": result.tags, "entities": rows}, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"tags: {', '.join(result.tags) or '(none)'}")
+        for column in ("#", "phrase", "label", "score", "box (x0, y0, x1, y1)", "mask px"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(str(row["index"]), row.get("phrase", ""), row["label"], f"{row['score']:.2f}",
+                          ", ".join(f"{v:.0f}" for v in row["box"]), str(result.entities[row["index"]].mask_area()))
+        Console().print(table)
+        if args.out:
+            print(f"overlay written to {args.out}")
+    return 0
+
+
+def _ground_remote(args: argparse.Namespace, data: bytes) -> int:
+    import grpc
+
+    from serving.client import save_entity_overlay
+    from serving.proto import bubo_pb2, bubo_pb2_grpc
+
+    with grpc.insecure_channel(args.server, options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        try:
+            response = bubo_pb2_grpc.BuboStub(channel).Ground(bubo_pb2.GroundRequest(image=data, text=args.text or ""))
+        except grpc.RpcError as exc:
+            raise SystemExit(f"error: {exc.code().name}: {exc.details()}") from None
+    if args.out:
+        save_entity_overlay(data, response.entities, args.out)
+    from google.protobuf.json_format import MessageToDict
+
+    print(json.dumps(MessageToDict(response), indent=2))
+    return 0
+
+
 def _reference(args: argparse.Namespace) -> int:
     from bubogpt.reference import ReferencePipeline
 
@@ -203,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-new-tokens", type=int, default=0)
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.set_defaults(func=_chat)
+
+    ground = sub.add_parser("ground", help="tags, boxes and masks for an image (matched to --text when given)")
+    ground.add_argument("--image", required=True)
+    ground.add_argument("--text", help="an answer whose phrases the entities are matched to")
+    ground.add_argument("--weights", help="model directory with grounding/ (default: the built-in nano model)")
+    ground.add_argument("--server", help="ask a running `bubo serve` (HOST:PORT) instead of running the models here")
+    ground.add_argument("--json", action="store_true")
+    ground.add_argument("--out", help="write the mask overlay here (PNG)")
+    ground.set_defaults(func=_ground)
 
     ref = sub.add_parser("reference", help="answer with the plain PyTorch reference pipeline (no server)")
     ref.add_argument("text")

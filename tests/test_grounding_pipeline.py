@@ -155,3 +155,23 @@ def test_save_and_load_round_trip(tmp_path, pipeline):
             assert torch.equal(value, b.state_dict()[key]), key
     assert restored.tag_list == pipeline.tag_list
     assert torch.equal(restored.thresholds, pipeline.thresholds)
+
+
+def test_bubo_ground_cli_prints_the_pipelines_entities_and_writes_an_overlay(tmp_path, pipeline, capsys):
+    import json
+
+    from bubogpt.cli import main
+
+    path = tmp_path / "picture.png"
+    path.write_bytes(make_image_bytes(200, 160, seed=4))
+    overlay = tmp_path / "overlay.png"
+    assert main(["ground", "--image", str(path), "--json", "--out", str(overlay)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = pipeline(image(200, 160, seed=4))
+    assert printed["tags"] == expected.tags
+    assert [e["label"] for e in printed["entities"]] == [e.label for e in expected.entities]
+    assert Image.open(overlay).size[0] == 200
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    with pytest.raises(SystemExit, match="not a recognised image format"):
+        main(["ground", "--image", str(bad)])
