@@ -108,7 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
     options = ServeOptions(
         weights=Path(args.weights) if args.weights else None, preset=args.preset, port=args.port, host=args.host,
         device=args.device, llm_engine=args.llm_engine, metrics_port=args.metrics_port or None,
-        grounding=not args.no_grounding,
+        grounding=not args.no_grounding, matcher=args.matcher,
     )
     asyncio.run(serve(options))
     return 0
@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--llm-engine", choices=("vllm", "torch"), default="vllm")
     serve.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: off)")
     serve.add_argument("--no-grounding", action="store_true")
+    serve.add_argument("--matcher", choices=("auto", "rule", "llm"), default="auto",
+                       help="entity matching: rule-based, the served LLM (paper's prompt), or auto by model size")
     serve.set_defaults(func=_serve)
 
     chat = sub.add_parser("chat", help="ask a running server; streams the answer, lists grounded entities")

@@ -37,6 +37,9 @@ class ServeOptions:
     grounding: bool = True
     kv_cache_gib: float = 1.0
     max_concurrent_streams: int = 64
+    # entity matching: "rule" (deterministic), "llm" (the served LLM with the paper's prompt, rule
+    # fallback), "auto" (llm for bubogpt-7b, rule for the tiny model, which cannot follow it)
+    matcher: str = "auto"
 
 
 def free_port() -> int:
@@ -122,7 +125,7 @@ class Stack:
             metrics = ServerMetrics()
             if options.metrics_port:
                 metrics.serve(options.metrics_port, options.host)
-            self.service = BuboService(self.encoders, self.engine, grounder=grounder,
+            self.service = BuboService(self.encoders, self.engine, grounder=grounder, matcher=self._matcher(),
                                        limits=Limits(max_concurrent_streams=options.max_concurrent_streams), metrics=metrics)
             self.server = await start_server(self.service, options.port, options.host)
             self.port = self.server.bound_port
@@ -130,6 +133,19 @@ class Stack:
             await self.stop()
             raise
         return self
+
+    def _matcher(self):
+        from bubogpt.grounding.matching import LLMEntityMatcher, RuleEntityMatcher
+        from serving.llm_engine import engine_completion
+
+        kind = self.options.matcher
+        if kind == "auto":
+            kind = "rule" if self.cfg.name == "nano" else "llm"
+        if kind == "rule":
+            return RuleEntityMatcher()
+        if kind == "llm":
+            return LLMEntityMatcher(engine_completion(self.engine), fallback=RuleEntityMatcher())
+        raise ValueError(f"matcher must be auto, rule or llm, got {kind!r}")
 
     def banner(self) -> str:
         o, t = self.options, self.triton

@@ -513,6 +513,19 @@ def byte_fallback_ids(tokenizer) -> frozenset[int]:
     return frozenset(vocab[f"<0x{b:02X}>"] for b in range(256) if f"<0x{b:02X}>" in vocab)
 
 
+def engine_completion(engine: EngineBase, max_new_tokens: int = 160):
+    """An async `prompt -> text` function on the served LLM (greedy), e.g. for the LLM entity matcher."""
+
+    async def complete(prompt: str) -> str:
+        text = ""
+        async for event in engine.generate([Turn("user", prompt)], (), SamplingOptions(temperature=0.0, max_new_tokens=max_new_tokens)):
+            if isinstance(event, Finished):
+                text = event.text
+        return text
+
+    return complete
+
+
 def create_engine(kind: str, llm_dir: str | Path, num_query_tokens: int = 32, **kwargs) -> EngineBase:
     if kind == "vllm":
         return VLLMEngine(llm_dir, num_query_tokens, **kwargs)

@@ -217,3 +217,20 @@ def test_torch_engine_streams_the_reference_answer(loop, reference):
     assert token_ids == oracle.token_ids
     assert text.strip() == oracle.text
     assert finished.finish_reason == ("length" if oracle.finish_reason == "length" else "stop")
+
+
+def test_llm_entity_matcher_runs_on_the_served_llm(loop, engine, reference):
+    from bubogpt.grounding.matching import LLMEntityMatcher, RuleEntityMatcher, build_match_prompt
+    from serving.llm_engine import engine_completion
+
+    answer = "In the image, there are two black swans swimming in the water. One of the swans has a red beak."
+    entities = ["swan", "water", "beak"]
+    complete = engine_completion(engine, max_new_tokens=24)
+    reply = loop.run(complete(build_match_prompt(answer, entities)))
+    oracle = expected(reference, [Turn("user", build_match_prompt(answer, entities))], [], max_new_tokens=24)
+    assert reply == oracle.text
+    matcher = LLMEntityMatcher(complete)
+    got = loop.run(matcher.amatch(answer, entities))
+    # the untrained nano LLM cannot follow the prompt: the strict parser rejects its reply and the
+    # deterministic matcher answers instead
+    assert got == RuleEntityMatcher().match(answer, entities)
