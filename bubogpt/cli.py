@@ -75,6 +75,12 @@ def _export(args: argparse.Namespace) -> int:
 
     source = Path(args.weights) if args.weights else default_model_dir()
     grounding = load_grounding(source) if has_grounding(source) and not args.no_grounding else None
+    if args.update:
+        from export.repository import update_repository
+
+        versions = update_repository(args.out, model, settings=settings, grounding=grounding)
+        print(f"new versions in {args.out}: {versions}")
+        return 0
     write_repository(args.out, model, backend=args.backend, settings=settings, overwrite=args.overwrite, grounding=grounding)
     print(f"wrote Triton model repository {args.out}")
     return 0
@@ -109,6 +115,8 @@ def _serve(args: argparse.Namespace) -> int:
         weights=Path(args.weights) if args.weights else None, preset=args.preset, port=args.port, host=args.host,
         device=args.device, llm_engine=args.llm_engine, metrics_port=args.metrics_port or None,
         grounding=not args.no_grounding, matcher=args.matcher,
+        repository=Path(args.model_repository) if args.model_repository else None,
+        repository_poll_s=args.repository_poll_secs,
     )
     asyncio.run(serve(options))
     return 0
@@ -239,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="repository directory to write")
     export.add_argument("--overwrite", action="store_true")
     export.add_argument("--no-grounding", action="store_true", help="leave the grounding networks out")
+    export.add_argument("--update", action="store_true",
+                        help="add the weights as new versions of an existing repository (a polling Triton loads them live)")
     export.set_defaults(func=_export)
 
     triton = sub.add_parser("triton", help="run Triton Inference Server on a model repository")
@@ -258,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--llm-engine", choices=("vllm", "torch"), default="vllm")
     serve.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: off)")
     serve.add_argument("--no-grounding", action="store_true")
+    serve.add_argument("--model-repository", help="serve this Triton repository (default: export the weights to a cached one)")
+    serve.add_argument("--repository-poll-secs", type=int, default=0,
+                       help="> 0: load new model versions written by `bubo export --update` while serving")
     serve.add_argument("--matcher", choices=("auto", "rule", "llm"), default="auto",
                        help="entity matching: rule-based, the served LLM (paper's prompt), or auto by model size")
     serve.set_defaults(func=_serve)

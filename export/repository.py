@@ -167,6 +167,51 @@ def _export_network(repo: Path, spec: ExportSpec, settings: RepositorySettings, 
     return result
 
 
+def next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def update_repository(
+    repo: str | Path,
+    model: BuboGPT,
+    settings: RepositorySettings | None = None,
+    grounding=None,
+) -> dict[str, int]:
+    """New weights into a repository that Triton may be serving: every network gets a new version.
+
+    The new versions are exported and parity-checked in a staging repository first, then each version
+    directory is moved into place with one rename, so a Triton polling the repository
+    (`--model-control-mode=poll`) never sees a half-written version; the ensembles reference version
+    -1 (latest) and switch over as soon as Triton has loaded the new versions.
+    Returns {network: version}.
+    """
+    repo = Path(repo).resolve()
+    manifest_path = repo / "bubo_repository.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{repo} is not a repository written by `bubo export`")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("config") != json.loads(json.dumps(model.cfg.to_dict())):
+        raise ValueError(f"{repo} serves a model with another configuration; export a new repository instead")
+    staging_parent = Path(tempfile.mkdtemp(prefix=".update-", dir=repo.parent))
+    try:
+        staged = staging_parent / "repo"
+        results = write_repository(staged, model, manifest["backend"], settings, grounding=grounding)
+        versions = {}
+        for result in results:
+            target = repo / result.name
+            version = next_version(target)
+            (staged / result.name / "1").rename(target / str(version))
+            versions[result.name] = version
+        manifest["versions"] = versions
+        manifest["parity"] = [dataclasses.asdict(r) for r in results]
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        log.info("new versions in %s: %s", repo, versions)
+        return versions
+    finally:
+        shutil.rmtree(staging_parent, ignore_errors=True)
+
+
 def write_repository(
     out: str | Path,
     model: BuboGPT,

@@ -40,6 +40,8 @@ class ServeOptions:
     # entity matching: "rule" (deterministic), "llm" (the served LLM with the paper's prompt, rule
     # fallback), "auto" (llm for bubogpt-7b, rule for the tiny model, which cannot follow it)
     matcher: str = "auto"
+    # > 0: Triton polls the repository and loads new versions (`bubo export --update`) while serving
+    repository_poll_s: int = 0
 
 
 def free_port() -> int:
@@ -114,13 +116,16 @@ class Stack:
             raise SystemExit(f"{model_dir} holds a {cfg.name} model, not {options.preset}")
         repository = await asyncio.to_thread(ensure_repository, model_dir, options)
         ports = options.triton_ports or TritonPorts(free_port(), free_port(), free_port())
-        self.triton = TritonServer(repository, ports, log_path=options.cache_dir / "logs" / "triton.log")
+        self.triton = TritonServer(repository, ports, log_path=options.cache_dir / "logs" / "triton.log",
+                                   poll_secs=options.repository_poll_s)
         engine_kwargs = {"kv_cache_gib": options.kv_cache_gib} if options.llm_engine == "vllm" else {}
         self.engine = create_engine(options.llm_engine, llm_dir(model_dir), cfg.vision_qformer.num_queries, **engine_kwargs)
         try:
             # Triton and the LLM engine start in parallel: both take seconds
             await asyncio.gather(asyncio.to_thread(self.triton.start, 300.0), self.engine.start())
-            self.encoders = TritonEncoders(self.triton.url_grpc)
+            self.encoders = TritonEncoders(
+                self.triton.url_grpc, version_check_s=float(options.repository_poll_s) if options.repository_poll_s else None
+            )
             grounder = make_grounder(self.triton.url_grpc, repository) if options.grounding else None
             metrics = ServerMetrics()
             if options.metrics_port:

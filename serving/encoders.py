@@ -66,9 +66,16 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def clear(self) -> None:
+        self._items.clear()
+
 
 class TritonEncoders:
-    def __init__(self, url: str, cache_entries: int = 512, timeout_s: float = 120.0):
+    """Embeddings through the ensembles. When the repository is polled for new weights, the loaded
+    model versions are checked every `version_check_s` seconds and the cache is emptied when they
+    change, so no embedding of the old weights is served after that window."""
+
+    def __init__(self, url: str, cache_entries: int = 512, timeout_s: float = 120.0, version_check_s: float | None = None):
         import tritonclient.grpc.aio as grpcclient
 
         self._grpcclient = grpcclient
@@ -76,12 +83,33 @@ class TritonEncoders:
         self.cache = EmbeddingCache(cache_entries)
         self.timeout_s = timeout_s
         self._inflight: dict[str, asyncio.Future] = {}
+        self.version_check_s = version_check_s
+        self._versions: tuple | None = None
+        self._checked_at = float("-inf")
+
+    async def loaded_versions(self) -> tuple:
+        index = await self.client.get_model_repository_index(as_json=True)
+        return tuple(sorted((m["name"], m.get("version", "")) for m in index.get("models", []) if m.get("state") == "READY"))
+
+    async def _check_versions(self) -> None:
+        import time
+
+        now = time.monotonic()
+        if self.version_check_s is None or now - self._checked_at < self.version_check_s:
+            return
+        self._checked_at = now
+        versions = await self.loaded_versions()
+        if self._versions is not None and versions != self._versions:
+            log.info("model versions changed: emptying the embedding cache (%d entries)", len(self.cache))
+            self.cache.clear()
+        self._versions = versions
 
     async def close(self) -> None:
         await self.client.close()
 
     async def embed(self, modality: str, data: bytes) -> tuple[torch.Tensor, bool]:
         """Returns ([num_queries, hidden] embeddings, cache_hit)."""
+        await self._check_versions()
         key = EmbeddingCache.key(modality, data)
         cached = self.cache.get(key)
         if cached is not None:

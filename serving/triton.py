@@ -48,6 +48,7 @@ class TritonServer:
         log_path: str | Path | None = None,
         extra_args: list[str] | None = None,
         model_control_mode: str = "none",
+        poll_secs: int = 0,
     ):
         self.model_repository = Path(model_repository).resolve()
         if not self.model_repository.is_dir():
@@ -55,7 +56,10 @@ class TritonServer:
         self.ports = ports
         self.log_path = Path(log_path) if log_path else None
         self.extra_args = extra_args or []
-        self.model_control_mode = model_control_mode
+        # poll: new model versions written into the repository (`bubo export --update`) are loaded
+        # while serving, without a restart
+        self.model_control_mode = "poll" if poll_secs > 0 else model_control_mode
+        self.poll_secs = poll_secs
         self.process: subprocess.Popen | None = None
         self._log_handle = None
 
@@ -70,6 +74,8 @@ class TritonServer:
             f"--model-control-mode={self.model_control_mode}",
             "--log-verbose=0",
         ]
+        if self.poll_secs > 0:
+            args.append(f"--repository-poll-secs={self.poll_secs}")
         if system:
             return [system, *args, *self.extra_args], env
         root = bundled_root()
