@@ -115,14 +115,11 @@ class Stack:
         if options.preset and options.preset != cfg.name:
             raise SystemExit(f"{model_dir} holds a {cfg.name} model, not {options.preset}")
         repository = await asyncio.to_thread(ensure_repository, model_dir, options)
-        ports = options.triton_ports or TritonPorts(free_port(), free_port(), free_port())
-        self.triton = TritonServer(repository, ports, log_path=options.cache_dir / "logs" / "triton.log",
-                                   poll_secs=options.repository_poll_s)
         engine_kwargs = {"kv_cache_gib": options.kv_cache_gib} if options.llm_engine == "vllm" else {}
         self.engine = create_engine(options.llm_engine, llm_dir(model_dir), cfg.vision_qformer.num_queries, **engine_kwargs)
         try:
             # Triton and the LLM engine start in parallel: both take seconds
-            await asyncio.gather(asyncio.to_thread(self.triton.start, 300.0), self.engine.start())
+            await asyncio.gather(asyncio.to_thread(self._start_triton, repository), self.engine.start())
             self.encoders = TritonEncoders(
                 self.triton.url_grpc, version_check_s=float(options.repository_poll_s) if options.repository_poll_s else None
             )
@@ -138,6 +135,23 @@ class Stack:
             await self.stop()
             raise
         return self
+
+    def _start_triton(self, repository: Path) -> None:
+        """Starts Triton; with ports of our choosing, retries on fresh ones (another process may
+        take a free port between our probe and Triton's bind)."""
+        options = self.options
+        attempts = 1 if options.triton_ports else 3
+        for attempt in range(attempts):
+            ports = options.triton_ports or TritonPorts(free_port(), free_port(), free_port())
+            self.triton = TritonServer(repository, ports, log_path=options.cache_dir / "logs" / "triton.log",
+                                       poll_secs=options.repository_poll_s)
+            try:
+                self.triton.start(300.0)
+                return
+            except RuntimeError as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("Triton failed to start (%s); retrying on other ports", str(exc).splitlines()[0])
 
     def _matcher(self):
         from bubogpt.grounding.matching import LLMEntityMatcher, RuleEntityMatcher

@@ -131,13 +131,22 @@ class TritonServer:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(
                     f"Triton exited with code {self.process.returncode} during start-up"
-                    + (f"; see {self.log_path}" if self.log_path else "")
+                    + (f"; see {self.log_path}; its last lines:\n{self.log_tail()}" if self.log_path else "")
                 )
             if self.is_ready():
                 log.info("Triton ready (gRPC %s, HTTP %s)", self.url_grpc, self.url_http)
                 return
             time.sleep(0.25)
         raise TimeoutError(f"Triton was not ready within {timeout:.0f} s" + (f"; see {self.log_path}" if self.log_path else ""))
+
+    def log_tail(self, lines: int = 25) -> str:
+        if self._log_handle:
+            self._log_handle.flush()
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except (OSError, AttributeError):
+            return ""
+        return "\n".join(text[-lines:])
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.process is None:
