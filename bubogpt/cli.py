@@ -215,6 +215,7 @@ def _reference(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bubo", description="BuboGPT inference service")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", choices=("plain", "json"), default="plain", help="json: one object per line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="parameter counts and shapes per component")
@@ -313,8 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from serving.logs import configure_logging
+
+    configure_logging(args.log_level, args.log_format)
     return args.func(args)
 
 
