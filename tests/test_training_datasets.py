@@ -219,6 +219,14 @@ def test_vggss_instruct(tmp_path):
     assert reader.skipped == 2
     assert "record 1: field 'image_id': missing" in str(_error(lambda: list(VGGSSInstruct("v", [str(path)], tmp_path / "audio", tmp_path / "image"))))
     assert "field 'image_id': file not found" in str(_error(lambda: _from_record(VGGSSInstruct("v", [str(path)], tmp_path / "audio", tmp_path / "image"), 2)))
+    assert sample.instruction is None
+    # a record may carry its own question
+    path = write_json(tmp_path / "with-questions.json", {"annotations": [
+        {"audio_id": "007P6bFgRCU_000010", "image_id": "007P6bFgRCU_000010", "caption": "They seem unrelated.",
+         "instruction": "Are the audio and the image related?"},
+    ]})
+    (sample,) = list(VGGSSInstruct("vggss", [str(path)], tmp_path / "audio", tmp_path / "image"))
+    assert sample.instruction == "Are the audio and the image related?"
 
 
 def test_minigpt4_aligned_and_bad_json(tmp_path):

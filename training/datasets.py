@@ -456,7 +456,11 @@ class ClothoDetail(AnnotationReader):
 
 
 class VGGSSInstruct(AnnotationReader):
-    """VGGSS-Instruction (aligned audio-image-text): `{"annotations": [{"audio_id", "image_id", "caption"}]}`."""
+    """VGGSS-Instruction (aligned audio-image-text): `{"annotations": [{"audio_id", "image_id", "caption"}]}`.
+
+    An optional "instruction" string per record becomes the sample's question (e.g. the synthetic
+    world's unrelated pairs carry their own); without it one is drawn from the default pool.
+    """
 
     kind = "vggss"
 
@@ -473,7 +477,9 @@ class VGGSSInstruct(AnnotationReader):
         caption = _text(record, "caption", unit, where)
         audio = _existing(self.audio_dir / (audio_id + self.audio_ext), unit, where, "audio_id")
         image = _existing(self.image_dir / (image_id + self.image_ext), unit, where, "image_id")
-        return [Sample(source=self.name, key=audio_id, answer=caption, audio=audio, image=image, kind="instruction")]
+        instruction = _text(record, "instruction", unit, where) if "instruction" in record else None
+        return [Sample(source=self.name, key=audio_id, answer=caption, audio=audio, image=image, instruction=instruction,
+                       kind="instruction")]
 
 
 class MiniGPT4Aligned(AnnotationReader):
