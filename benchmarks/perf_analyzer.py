@@ -31,6 +31,39 @@ def perf_analyzer_binary() -> tuple[Path, dict[str, str]]:
     return binary, env
 
 
+def perf_analyzer_command(
+    model: str,
+    url: str,
+    input_name: str,
+    data_path: str | Path,
+    report_path: str | Path,
+    concurrency: str = "1",
+    measurement_ms: int = 4000,
+    stability: int = 50,
+    max_trials: int = 6,
+    binary: str | Path = "perf_analyzer",
+    extra_args: list[str] | None = None,
+) -> list[str]:
+    """The perf_analyzer command line (also what the benchmark results and README quote)."""
+    return [
+        str(binary), "-m", model, "-u", url, "-i", "grpc",
+        "--input-data", str(data_path), "--shape", f"{input_name}:1",
+        "--concurrency-range", concurrency,
+        "--measurement-interval", str(measurement_ms),
+        "--stability-percentage", str(stability),
+        "--max-trials", str(max_trials),
+        "-f", str(report_path),
+        *(extra_args or []),
+    ]
+
+
+def _float(row: dict, key: str) -> float:
+    try:
+        return float(row[key])
+    except (KeyError, TypeError, ValueError):
+        return float("nan")
+
+
 def run_perf_analyzer(
     model: str,
     url: str,
@@ -41,21 +74,17 @@ def run_perf_analyzer(
     stability: int = 50,
     max_trials: int = 6,
     timeout: float = 600,
+    extra_args: list[str] | None = None,
 ) -> list[dict[str, float]]:
-    """Returns one row per concurrency level: concurrency, throughput (infer/s), latency percentiles (us)."""
+    """Returns one row per concurrency level: concurrency, throughput (infer/s), latency percentiles (us).
+
+    Rows also carry the server-side split perf_analyzer reports (queue, compute input/infer/output, us)."""
     binary, env = perf_analyzer_binary()
     with tempfile.TemporaryDirectory() as tmp:
         data = write_input_data(Path(tmp) / "input.json", input_name, payloads)
         report = Path(tmp) / "report.csv"
-        command = [
-            str(binary), "-m", model, "-u", url, "-i", "grpc",
-            "--input-data", str(data), "--shape", f"{input_name}:1",
-            "--concurrency-range", concurrency,
-            "--measurement-interval", str(measurement_ms),
-            "--stability-percentage", str(stability),
-            "--max-trials", str(max_trials),
-            "-f", str(report),
-        ]
+        command = perf_analyzer_command(model, url, input_name, data, report, concurrency, measurement_ms, stability,
+                                        max_trials, binary, extra_args)
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
             raise RuntimeError(f"perf_analyzer failed ({done.returncode}): {done.stdout[-2000:]} {done.stderr[-2000:]}")
@@ -67,7 +96,11 @@ def run_perf_analyzer(
             "throughput": float(row["Inferences/Second"]),
             "p50_us": float(row["p50 latency"]),
             "p99_us": float(row["p99 latency"]),
-            "avg_us": float(row["Avg latency"]) if "Avg latency" in row else float("nan"),
+            "avg_us": _float(row, "Avg latency"),
+            "server_queue_us": _float(row, "Server Queue"),
+            "server_compute_infer_us": _float(row, "Server Compute Infer"),
+            "client_send_us": _float(row, "Client Send"),
+            "client_recv_us": _float(row, "Client Recv"),
         }
         for row in rows
     ]

@@ -308,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     from training.cli import add_train_parser  # `bubo train stage1|stage2 --config FILE [--resume CKPT]`
 
     add_train_parser(sub)
+    from benchmarks.cli import add_bench_parser  # `bubo bench [--suite e2e|perf|baseline|all] [--quick]`
+
+    add_bench_parser(sub)
     return parser
 
 

@@ -30,7 +30,7 @@ if [ ! -x "$root/pyenv/bin/python" ]; then
     torch_version=$($py -c 'import torch; print(torch.__version__.split("+")[0])')
     transformers_version=$($py -c 'import transformers; print(transformers.__version__)')
     python3 -m venv "$root/pyenv"
-    "$root/pyenv/bin/python" -m pip install --quiet "numpy<2" onnxruntime pillow soundfile safetensors \
+    "$root/pyenv/bin/python" -m pip install --quiet "numpy<2" "scipy>=1.11,<1.15" onnxruntime pillow soundfile safetensors \
         "torch==$torch_version" "transformers==$transformers_version"
     "$root/pyenv/bin/python" -m pip install --quiet --no-deps -e .
 fi

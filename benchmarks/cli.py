@@ -1,0 +1,81 @@
+"""`bubo bench`: run a benchmark suite and write benchmarks/results/<suite>-<timestamp>/.
+
+    bubo bench --suite e2e --quick          # served stack vs baseline, minutes
+    python -m benchmarks.cli --suite perf   # the same without the `bubo` entry point
+
+Wiring into bubogpt/cli.py (build_parser):  `from benchmarks.cli import add_bench_parser` and
+`add_bench_parser(sub)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _levels(text: str) -> list[int]:
+    from benchmarks.loadgen import parse_levels
+
+    return parse_levels(text)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from benchmarks.suites import SuiteOptions, SuiteSettings, run_suite
+
+    settings = SuiteSettings.quick() if args.quick else SuiteSettings()
+    for name in ("concurrency", "time_cap_s", "max_new_tokens", "max_requests", "seed", "perf_concurrency",
+                 "perf_grounding_concurrency", "grounding_effect_requests"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(settings, name, value)
+    settings.ground_levels = args.ground_levels
+    options = SuiteOptions(suite=args.suite, out=Path(args.out), quick=args.quick,
+                           weights=Path(args.weights) if args.weights else None, device=args.device,
+                           settings=settings, **({"cache_dir": Path(args.cache_dir)} if args.cache_dir else {}))
+    directory = run_suite(options)
+    print(directory / "results.md")
+    return 0
+
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    """Registers `bench` on an argparse subparsers object (bubogpt/cli.py's `sub`)."""
+    bench = subparsers.add_parser("bench", help="benchmarks: served stack vs baseline, Triton encoders (perf_analyzer)",
+                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("--suite", choices=("e2e", "perf", "baseline", "all"), default="e2e")
+    bench.add_argument("--out", default="benchmarks/results", help="results root (a <suite>-<timestamp>/ folder is made)")
+    bench.add_argument("--quick", action="store_true", help="fewer requests and tokens, short perf windows")
+    bench.add_argument("--weights", help="model directory (default: the built-in nano model)")
+    bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    bench.add_argument("--cache-dir", help="where exported Triton repositories are cached (default ~/.cache/bubogpt)")
+    bench.add_argument("--concurrency", type=_levels, help="e2e levels, e.g. 1,2,4,8,16,32")
+    bench.add_argument("--perf-concurrency", type=_levels, help="perf_analyzer levels, e.g. 1,2,4,8,16")
+    bench.add_argument("--perf-grounding-concurrency", type=_levels,
+                       help="perf_analyzer levels for the grounding ensemble (default 1,4; --quick: none)")
+    bench.add_argument("--time-cap", dest="time_cap_s", type=float, help="seconds per level")
+    bench.add_argument("--max-new-tokens", type=int)
+    bench.add_argument("--max-requests", type=int, help="requests per level at most")
+    bench.add_argument("--seed", type=int)
+    bench.add_argument("--ground-levels", action="store_true",
+                       help="ground every image request in the levels, served and baseline (slow on CPU)")
+    bench.add_argument("--grounding-effect-requests", type=int,
+                       help="image requests run one at a time without and with grounding (0: skip)")
+    bench.set_defaults(func=_bench)
+    return bench
+
+
+def main(argv: list[str] | None = None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--log-level", default="WARNING")
+    known, rest = pre.parse_known_args(argv if argv is not None else sys.argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cli")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *rest])
+    logging.basicConfig(level=getattr(logging, known.log_level.upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
