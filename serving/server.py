@@ -24,7 +24,6 @@ from typing import Protocol
 import grpc
 
 from bubogpt.grounding.matching import EntityMatcher, RuleEntityMatcher
-from bubogpt.grounding.rle import encode as rle_encode
 from bubogpt.grounding.pipeline import GroundingResult
 from bubogpt.grounding.schema import GroundedEntity
 from bubogpt.prompt import Turn

@@ -39,7 +39,7 @@ import torch
 
 from bubogpt.grounding.gdino_swin import relative_position_index
 from bubogpt.grounding.grounding_dino import GroundingDino
-from bubogpt.official_checkpoints import CheckpointError
+from bubogpt.official_checkpoints import CheckpointError, LoadReport
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,8 @@ class GroundingDinoCheckpointError(CheckpointError):
 
 
 @dataclass
-class GroundingDinoLoadReport:
-    source: str
-    loaded: dict[str, str] = field(default_factory=dict)  # our name -> official key
+class GroundingDinoLoadReport(LoadReport):
     checked: list[str] = field(default_factory=list)  # buffers and aliases verified, not loaded
-    ignored: list[str] = field(default_factory=list)  # GDINO_IGNORED keys present in the file
 
 
 def official_name(ours: str) -> str:

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from bubogpt.grounding import grounding_dino as gdino
 from bubogpt.grounding import ram, sam
 from bubogpt.grounding.gdino_config import GDINO_PRESETS
-from bubogpt.grounding.gdino_text import caption_from_tags, load_tokenizer, tokenize
+from bubogpt.grounding.gdino_text import caption_from_tags, load_tokenizer
 from bubogpt.grounding.schema import GroundedEntity
 
 log = logging.getLogger(__name__)

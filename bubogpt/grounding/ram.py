@@ -38,7 +38,7 @@ import os
 import pickle
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
@@ -48,7 +48,7 @@ from PIL import Image
 from torch import nn
 
 from bubogpt.image import to_rgb
-from bubogpt.official_checkpoints import CheckpointError
+from bubogpt.official_checkpoints import CheckpointError, LoadReport
 
 logger = logging.getLogger(__name__)
 
@@ -578,13 +578,7 @@ class RamCheckpointError(CheckpointError):
     """A RAM checkpoint that does not match the tagger; the message names every offending key."""
 
 
-@dataclass
-class RamLoadReport:
-    """`loaded` maps our parameter names to the official keys they came from."""
-
-    source: str
-    loaded: dict[str, str] = field(default_factory=dict)
-    ignored: list[str] = field(default_factory=list)
+RamLoadReport = LoadReport  # what the loader did; shared with the other official loaders
 
 
 # The official loader (`load_checkpoint_swinlarge`) renames this legacy prefix; so do we.

@@ -30,7 +30,7 @@ import math
 import os
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from bubogpt.official_checkpoints import CheckpointError
+from bubogpt.official_checkpoints import CheckpointError, LoadReport
 
 logger = logging.getLogger(__name__)
 
@@ -671,13 +671,7 @@ class SamCheckpointError(CheckpointError):
     """A SAM checkpoint does not match the networks; the message lists the offending names."""
 
 
-@dataclass
-class SamLoadReport:
-    """`loaded`: our name ("image_encoder.x" / "prompt_decoder.x") -> official key."""
-
-    source: str
-    loaded: dict[str, str] = field(default_factory=dict)
-    ignored: list[str] = field(default_factory=list)
+SamLoadReport = LoadReport  # what the loader did; shared with the other official loaders
 
 
 def _image_encoder_names(cfg: SamConfig) -> list[str]:
