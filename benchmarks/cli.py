@@ -24,6 +24,8 @@ def _levels(text: str) -> list[int]:
 def _bench(args: argparse.Namespace) -> int:
     from benchmarks.suites import SuiteOptions, SuiteSettings, run_suite
 
+    if args.suite == "quick":  # the whole comparison with short settings: minutes on a CPU machine
+        args.suite, args.quick = "all", True
     settings = SuiteSettings.quick() if args.quick else SuiteSettings()
     for name in ("concurrency", "time_cap_s", "max_new_tokens", "max_requests", "seed", "perf_concurrency",
                  "perf_grounding_concurrency", "grounding_effect_requests"):
@@ -43,7 +45,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     """Registers `bench` on an argparse subparsers object (bubogpt/cli.py's `sub`)."""
     bench = subparsers.add_parser("bench", help="benchmarks: served stack vs baseline, Triton encoders (perf_analyzer)",
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.add_argument("--suite", choices=("e2e", "perf", "baseline", "all"), default="e2e")
+    bench.add_argument("--suite", choices=("quick", "e2e", "perf", "baseline", "all"), default="e2e",
+                       help="quick = all with --quick")
     bench.add_argument("--out", default="benchmarks/results", help="results root (a <suite>-<timestamp>/ folder is made)")
     bench.add_argument("--quick", action="store_true", help="fewer requests and tokens, short perf windows")
     bench.add_argument("--weights", help="model directory (default: the built-in nano model)")

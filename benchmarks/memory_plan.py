@@ -28,7 +28,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-GPUS_GB = {"80 GB (A100/H100)": 80, "141 GB (H200)": 141}
+GPUS_GB = {"24 GB (L4/A10/RTX 4090)": 24, "80 GB (A100/H100)": 80, "141 GB (H200)": 141}
 DEFAULT_UTILIZATION = 0.90
 
 

@@ -122,8 +122,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from serving.client import main_chat
+    from serving.client import interactive_chat, main_chat
 
+    if args.interactive:
+        return interactive_chat(args.server, args.image, args.audio, args.out, args.ground, args.max_new_tokens, args.temperature)
+    if not args.text:
+        raise SystemExit("give a question, or --interactive")
     return main_chat(args.server, args.text, args.image, args.audio, args.out, args.ground, args.max_new_tokens, args.temperature)
 
 
@@ -276,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     chat = sub.add_parser("chat", help="ask a running server; streams the answer, lists grounded entities")
-    chat.add_argument("text")
+    chat.add_argument("text", nargs="?")
     chat.add_argument("--server", default="127.0.0.1:50051")
+    chat.add_argument("--interactive", "-i", action="store_true", help="keep the conversation going, one question per line")
     chat.add_argument("--image")
     chat.add_argument("--audio")
     chat.add_argument("--out", help="write the mask overlay here (PNG)")

@@ -90,6 +90,53 @@ def main_chat(server: str, text: str, image: str | None, audio: str | None, out:
     return 0
 
 
+def interactive_chat(server: str, image: str | None, audio: str | None, out: str | None, ground: bool | None,
+                     max_new_tokens: int, temperature: float, lines=None) -> int:
+    """A conversation on the terminal: each line is a question, the answers stream in, the history and
+    the attached image/audio carry over (the server's embedding cache makes later turns cheap)."""
+    image_bytes = Path(image).read_bytes() if image else b""
+    audio_bytes = Path(audio).read_bytes() if audio else b""
+    ground = bool(image_bytes) if ground is None else ground
+    history: list[tuple[str, str]] = []
+    lines = lines if lines is not None else _stdin_lines()
+    write = lambda t: (sys.stdout.write(t), sys.stdout.flush())  # noqa: E731
+    with grpc.insecure_channel(server, options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        stub = bubo_pb2_grpc.BuboStub(channel)
+        for turn, text in enumerate(lines):
+            text = text.strip()
+            if not text:
+                continue
+            if text in ("/quit", "/exit"):
+                break
+            request = chat_request(text, image_bytes, audio_bytes, history=history, ground=ground,
+                                   max_new_tokens=max_new_tokens, temperature=temperature)
+            write("assistant: ")
+            try:
+                result = collect(stub.Chat(request), on_delta=write)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and exc.details().startswith("ground:"):
+                    ground = request.ground = False
+                    result = collect(stub.Chat(request), on_delta=write)
+                else:
+                    print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                    continue
+            write("\n")
+            for e in result.entities:
+                print(f"  [{e.index}] {e.phrase!r} -> {e.label} ({e.score:.2f}) box {e.box.x0:.0f},{e.box.y0:.0f},{e.box.x1:.0f},{e.box.y1:.0f}")
+            if out and image_bytes and result.entities:
+                save_entity_overlay(image_bytes, result.entities, out)
+            history.append((text, result.text.strip()))
+    return 0
+
+
+def _stdin_lines():
+    while True:
+        try:
+            yield input("you: ")
+        except EOFError:
+            return
+
+
 def save_entity_overlay(image_bytes: bytes, entities, out: str) -> None:
     from bubogpt.grounding.overlay import save_overlay
     from bubogpt.grounding.schema import GroundedEntity

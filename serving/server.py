@@ -69,6 +69,9 @@ def validate_chat(request, limits: Limits) -> tuple[list[Turn], SamplingOptions]
             raise RequestError(f"turns[{i}].role: must be ROLE_USER or ROLE_ASSISTANT")
         if len(turn.text) > limits.max_turn_chars:
             raise RequestError(f"turns[{i}].text: {len(turn.text)} characters, the limit is {limits.max_turn_chars}")
+        # an empty first question is fine when an image or audio is attached ("tell me about it")
+        if not turn.text.strip() and not (i == 0 and (request.image or request.audio)):
+            raise RequestError(f"turns[{i}].text: empty")
         turns.append(Turn(ROLES[turn.role], turn.text))
     if len(request.image) > limits.max_image_bytes:
         raise RequestError(f"image: {len(request.image)} bytes, the limit is {limits.max_image_bytes}")

@@ -20,4 +20,5 @@ def test_json_lines_carry_the_extra_fields():
 
 def test_plain_lines_append_key_values():
     line = PlainFormatter().format(record(request_id="abc"))
-    assert line.endswith("bubo.test: chat done request_id=abc")
+    # other libraries may add record attributes of their own (vLLM adds its process name)
+    assert "bubo.test: chat done " in line and line.endswith("request_id=abc")

@@ -82,21 +82,24 @@ def test_second_turn_hits_the_embedding_cache(stub, stack, reference):
     assert second.token_ids == expected(reference, turns, IMAGE, max_new_tokens=8).token_ids
 
 
-def test_concurrent_chats_all_get_their_own_answer(stub, reference):
-    requests = [(f"Question {i}?", make_image_bytes(seed=30 + i) if i % 2 else b"") for i in range(8)]
+def test_sixteen_concurrent_chats_all_get_their_own_answer(stub, reference):
+    requests = [
+        (f"Question {i}?", make_image_bytes(seed=30 + i) if i % 3 != 1 else b"", make_audio_bytes(seconds=2.0, seed=50 + i) if i % 3 else b"")
+        for i in range(16)
+    ]
     results = [None] * len(requests)
 
     def run(i):
-        text, image = requests[i]
-        results[i] = collect(stub.Chat(chat_request(text, image, max_new_tokens=8)))
+        text, image, audio = requests[i]
+        results[i] = collect(stub.Chat(chat_request(text, image, audio, max_new_tokens=8)))
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(300)
-    for (text, image), result in zip(requests, results):
-        assert result.token_ids == expected(reference, [Turn("user", text)], image or None, max_new_tokens=8).token_ids
+    for (text, image, audio), result in zip(requests, results):
+        assert result.token_ids == expected(reference, [Turn("user", text)], image or None, audio or None, max_new_tokens=8).token_ids
 
 
 BAD_REQUESTS = {
@@ -115,6 +118,8 @@ BAD_REQUESTS = {
     "ground without image": (chat_request("hi", ground=True), "ground: grounding needs an image"),
     "too long": (chat_request("word " * 3000), "turns: the prompt takes"),
     "huge image": (chat_request("hi", image=b"\xff" * (Limits().max_image_bytes + 1)), "image: .* bytes, the limit is"),
+    "empty text": (chat_request("   "), r"turns\[0\].text: empty"),
+    "huge audio": (chat_request("hi", audio=b"\x00" * (Limits().max_audio_bytes + 1)), "audio: .* bytes, the limit is"),
 }
 
 
@@ -163,6 +168,32 @@ def test_streams_beyond_the_limit_get_resource_exhausted(stub, stack):
     finally:
         stack.service.limits = limits
     assert _wait_idle(stack)
+
+
+def test_deadline_exceeded(stub, stack, reference):
+    limits = stack.service.limits
+    stack.service.limits = Limits(request_timeout_s=0.05)
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Chat(chat_request("Tell me everything.", max_new_tokens=1000)))
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "longer than" in info.value.details()
+    finally:
+        stack.service.limits = limits
+    assert _wait_idle(stack)
+    result = collect(stub.Chat(chat_request("hi", max_new_tokens=4)))
+    assert result.token_ids == expected(reference, [Turn("user", "hi")], max_new_tokens=4).token_ids
+
+
+def test_interactive_chat_keeps_the_conversation(stack, reference, capsys):
+    from serving.client import interactive_chat
+
+    assert interactive_chat(f"127.0.0.1:{stack.port}", None, None, None, False, 6, 0.0, lines=["Hello there.", "", "And then?", "/quit", "ignored"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("assistant: ") == 2
+    first = reference.generate("Hello there.", max_new_tokens=6)
+    second = reference.generate([Turn("user", "Hello there."), Turn("assistant", first.text), Turn("user", "And then?")], max_new_tokens=6)
+    assert reference.tokenizer.decode(second.token_ids, skip_special_tokens=True).split("###")[0].strip() in printed
 
 
 def test_health_reflection_and_metrics(stack, stub):
