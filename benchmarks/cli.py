@@ -37,7 +37,8 @@ def _bench(args: argparse.Namespace) -> int:
                            weights=Path(args.weights) if args.weights else None, device=args.device,
                            settings=settings, **({"cache_dir": Path(args.cache_dir)} if args.cache_dir else {}))
     directory = run_suite(options)
-    print(directory / "results.md")
+    print((directory / "results.md").read_text())
+    print(f"results, JSON and plots: {directory}")
     return 0
 
 
