@@ -146,9 +146,9 @@ def test_memory_plan_known_values():
     assert plan.params["llm"] == 6_738_415_616  # Vicuna-7B
     assert plan.weights_total_bytes == 2 * sum(plan.params.values())
     fixed = plan.weights_total_bytes + plan.activation_total_bytes
-    for fit, gb in zip(plan.fits, (80, 141)):
+    for fit, gb in zip(plan.fits, (24, 80, 141)):
         assert fit.requests == int((gb * 1e9 * 0.9 - fixed) // 2**30)
-    assert [fit.requests for fit in plan.fits] == [51, 102]
+    assert [fit.requests for fit in plan.fits] == [4, 51, 102]
     assert fit_count(10 * 2**30, 1.0, 2 * 2**30, 2**30) == 8
 
 
