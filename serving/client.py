@@ -76,7 +76,7 @@ def main_chat(server: str, text: str, image: str | None, audio: str | None, out:
     console = Console(stderr=True)
     done = result.done
     console.print(f"[{done.finish_reason}; {done.usage.prompt_tokens} prompt + {done.usage.completion_tokens} generated tokens; "
-                  f"first token {done.timings.first_token_ms:.0f} ms, total {done.timings.total_ms:.0f} ms]")
+                  f"first token {done.timings.first_token_ms:.0f} ms, total {done.timings.total_ms:.0f} ms]", markup=False)
     if result.entities:
         table = Table(title="grounded entities")
         for column in ("#", "phrase", "label", "score", "box (x0, y0, x1, y1)"):
@@ -84,9 +84,11 @@ def main_chat(server: str, text: str, image: str | None, audio: str | None, out:
         for e in result.entities:
             table.add_row(str(e.index), e.phrase, e.label, f"{e.score:.2f}", f"{e.box.x0:.0f}, {e.box.y0:.0f}, {e.box.x1:.0f}, {e.box.y1:.0f}")
         console.print(table)
-        if out and image_bytes:
-            save_entity_overlay(image_bytes, result.entities, out)
-            console.print(f"overlay written to {out}")
+    elif ground and image_bytes:
+        console.print("no object of the answer was grounded in the image", markup=False)
+    if out and image_bytes:
+        save_entity_overlay(image_bytes, result.entities, out)
+        console.print(f"overlay written to {out}", markup=False)
     return 0
 
 

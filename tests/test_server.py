@@ -196,6 +196,21 @@ def test_interactive_chat_keeps_the_conversation(stack, reference, capsys):
     assert reference.tokenizer.decode(second.token_ids, skip_special_tokens=True).split("###")[0].strip() in printed
 
 
+def test_bubo_chat_prints_the_answer_and_writes_an_overlay(stack, reference, tmp_path, capsys):
+    from PIL import Image as PILImage
+
+    from serving.client import main_chat
+
+    image_path, out = tmp_path / "picture.jpg", tmp_path / "overlay.png"
+    image_path.write_bytes(IMAGE)
+    assert main_chat(f"127.0.0.1:{stack.port}", "What is in the picture?", str(image_path), None, str(out), None, 8, 0.0) == 0
+    captured = capsys.readouterr()
+    oracle = reference.generate("What is in the picture?", image=IMAGE, max_new_tokens=8)
+    assert captured.out.strip() == oracle.text
+    assert "generated tokens" in captured.err and "overlay written to" in captured.err
+    assert PILImage.open(out).size[0] == PILImage.open(image_path).size[0]
+
+
 def test_health_reflection_and_metrics(stack, stub):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
