@@ -298,7 +298,7 @@ def test_ground_rejects_a_corrupt_image(stub):
     assert info.value.details().startswith("image:")
 
 
-def test_graceful_shutdown_finishes_in_flight_streams(loop, stack, stub):
+def test_graceful_shutdown_finishes_in_flight_streams(loop, stack, stub, reference):
     """Runs last in this module: it stops the stack."""
     results = {}
 
@@ -310,7 +310,9 @@ def test_graceful_shutdown_finishes_in_flight_streams(loop, stack, stub):
     time.sleep(1.0)
     loop.run(stack.stop(grace_s=60), timeout=300)
     thread.join(60)
-    assert results["chat"].done is not None
-    assert results["chat"].done.usage.completion_tokens > 0
+    finished = results["chat"]
+    oracle = expected(reference, [Turn("user", "Tell me a story.")], max_new_tokens=64)
+    assert finished.token_ids == oracle.token_ids  # the whole answer arrived, not a cut stream
+    assert finished.done.usage.completion_tokens == len(oracle.token_ids)
     with pytest.raises(grpc.RpcError):
         list(stub.Chat(chat_request("hi", max_new_tokens=2)))
