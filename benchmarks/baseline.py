@@ -26,7 +26,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from benchmarks.inputs import BenchRequest, grounding_pair_requests, level_requests, requests_per_level, warmup_requests
+from benchmarks.inputs import BenchRequest, level_requests, requests_per_level, warmup_requests
 from benchmarks.memory import MemorySampler
 from benchmarks.metrics import RequestRecord, summarize
 
@@ -184,7 +184,7 @@ async def run_baseline_sweep_async(
     """The baseline at each level (grounding in the levels only with `ground_levels`), then, when the
     model has grounding models, `grounding_effect_requests` image requests one at a time without and
     with grounding: what grounding adds to the demo's latency."""
-    from benchmarks.loadgen import level_line
+    from benchmarks.loadgen import level_line, measure_grounding_effect
 
     log = log or (lambda *_: None)
     baseline = await Baseline(model_dir, ground=True).start()
@@ -214,15 +214,9 @@ async def run_baseline_sweep_async(
         result["levels"] = levels
         effect = {"concurrency": 1, "available": available, "note": baseline.grounding_note}
         if available and grounding_effect_requests:
-            off_requests, on_requests = grounding_pair_requests(grounding_effect_requests, seed, max_new_tokens)
-            off, wall_off = await baseline.run_level(off_requests, 1, time_cap_s * 4, ground=False)
-            on, wall_on = await baseline.run_level(on_requests, 1, time_cap_s * 4, ground=True)
-            s_off, s_on = summarize(off, 1, wall_off), summarize(on, 1, wall_on)
-            effect.update(off=s_off, on=s_on, grounding_tail_ms=s_on["grounding_tail_ms"])
-            if s_off["latency_ms"]["mean"] and s_on["latency_ms"]["mean"]:
-                effect["mean_latency_ratio"] = s_on["latency_ms"]["mean"] / s_off["latency_ms"]["mean"]
-            log(level_line("baseline, image requests, grounding off", s_off))
-            log(level_line("baseline, image requests, grounding on", s_on))
+            effect.update(await measure_grounding_effect(
+                lambda requests, concurrency, cap, ground: baseline.run_level(requests, concurrency, cap, ground=ground),
+                "baseline", grounding_effect_requests, seed, max_new_tokens, time_cap_s, log))
         result["grounding_effect"] = effect
     finally:
         sampler.stop()

@@ -176,15 +176,9 @@ async def run_sweep_async(
             result["levels"] = levels
             effect = {"concurrency": 1, "available": grounding, "note": note}
             if grounding and grounding_effect_requests:
-                off_requests, on_requests = grounding_pair_requests(grounding_effect_requests, seed, max_new_tokens)
-                off, wall_off = await run_level(stub, off_requests, 1, time_cap_s * 4, ground=False)
-                on, wall_on = await run_level(stub, on_requests, 1, time_cap_s * 4, ground=True)
-                s_off, s_on = summarize(off, 1, wall_off), summarize(on, 1, wall_on)
-                effect.update(off=s_off, on=s_on, grounding_tail_ms=s_on["grounding_tail_ms"])
-                if s_off["latency_ms"]["mean"] and s_on["latency_ms"]["mean"]:
-                    effect["mean_latency_ratio"] = s_on["latency_ms"]["mean"] / s_off["latency_ms"]["mean"]
-                log(level_line("served, image requests, grounding off", s_off))
-                log(level_line("served, image requests, grounding on", s_on))
+                effect.update(await measure_grounding_effect(
+                    lambda requests, concurrency, cap, ground: run_level(stub, requests, concurrency, cap, ground=ground),
+                    "served", grounding_effect_requests, seed, max_new_tokens, time_cap_s, log))
             result["grounding_effect"] = effect
         finally:
             if sampler:
@@ -195,6 +189,23 @@ async def run_sweep_async(
 
 def run_sweep(address: str, **kwargs) -> dict:
     return asyncio.run(run_sweep_async(address, **kwargs))
+
+
+async def measure_grounding_effect(run, label: str, count: int, seed: int, max_new_tokens: int, time_cap_s: float, log) -> dict:
+    """The same image requests at concurrency 1 without and with grounding (served and baseline alike).
+
+    `run(requests, concurrency, time_cap_s, ground)` -> (records, wall seconds).
+    """
+    off_requests, on_requests = grounding_pair_requests(count, seed, max_new_tokens)
+    off, wall_off = await run(off_requests, 1, time_cap_s * 4, False)
+    on, wall_on = await run(on_requests, 1, time_cap_s * 4, True)
+    s_off, s_on = summarize(off, 1, wall_off), summarize(on, 1, wall_on)
+    effect = {"off": s_off, "on": s_on, "grounding_tail_ms": s_on["grounding_tail_ms"]}
+    if s_off["latency_ms"]["mean"] and s_on["latency_ms"]["mean"]:
+        effect["mean_latency_ratio"] = s_on["latency_ms"]["mean"] / s_off["latency_ms"]["mean"]
+    log(level_line(f"{label}, image requests, grounding off", s_off))
+    log(level_line(f"{label}, image requests, grounding on", s_on))
+    return effect
 
 
 def level_line(label: str, s: dict) -> str:
