@@ -198,6 +198,32 @@ def _ground_remote(args: argparse.Namespace, data: bytes) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from training.nano.evaluate import evaluate_model, held_out_corpus, metrics_json, reference_predictor, server_predictor, side_by_side
+
+    corpus_dir = Path(args.corpus_dir) if args.corpus_dir else Path.home() / ".cache" / "bubogpt" / "eval" / f"seed-{args.seed}-images-{args.images}"
+    corpus = held_out_corpus(corpus_dir, args.seed, args.images, progress=True)
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    if args.server:
+        predictors = {args.server: server_predictor(args.server)}
+    else:
+        models = args.model or [None]
+        labels = [Path(m).name if m else "built-in" for m in models]
+        if len(set(labels)) < len(labels):
+            labels = [f"{Path(m).parent.name}/{Path(m).name}" if m else "built-in" for m in models]
+        predictors = {label: reference_predictor(m, grounding=not args.no_grounding) for label, m in zip(labels, models)}
+    columns = {}
+    for label, predict in predictors.items():
+        metrics, _ = evaluate_model(predict, corpus, tasks=tasks, limit=args.limit, ground=not args.no_grounding, progress=True)
+        columns[label] = metrics
+    side_by_side(columns, f"held-out world evaluation (seed {args.seed}, {args.images} images)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: metrics_json(v) for k, v in columns.items()}, indent=2) + "\n")
+    return 0
+
+
 def _reference(args: argparse.Namespace) -> int:
     from bubogpt.reference import ReferencePipeline
 
@@ -309,7 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--json", action="store_true")
     ref.set_defaults(func=_reference)
 
-    from training.cli import add_train_parser  # `bubo train stage1|stage2 --config FILE [--resume CKPT]`
+    ev = sub.add_parser("eval", help="answers and grounding on held-out synthetic-world seeds (side by side for several models)")
+    ev.add_argument("--model", action="append", help="model directory; repeat to compare side by side (default: the built-in model)")
+    ev.add_argument("--server", help="evaluate a running `bubo serve` at HOST:PORT instead")
+    ev.add_argument("--seed", type=int, default=1000, help="world seed of the held-out corpus (training uses 0)")
+    ev.add_argument("--images", type=int, default=60, help="images in the held-out corpus")
+    ev.add_argument("--tasks", help="comma-separated subset of caption,describe,qa,audio,audio_caption,source,negative")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N items")
+    ev.add_argument("--no-grounding", action="store_true", help="score answers only")
+    ev.add_argument("--corpus-dir", help="where the held-out corpus goes (default: ~/.cache/bubogpt/eval/seed-S-images-K)")
+    ev.add_argument("--json", help="also write the metrics here")
+    ev.set_defaults(func=_eval)
+
+    from training.cli import add_train_parser  # `bubo train stage1|stage2|nano`
 
     add_train_parser(sub)
     from benchmarks.cli import add_bench_parser  # `bubo bench [--suite e2e|perf|baseline|all] [--quick]`

@@ -165,7 +165,7 @@ def nano() -> BuboConfig:
         audio=AudioEncoderConfig(width=64, depth=2, num_heads=2, mlp_dim=256),
         audio_qformer=QFormerConfig(hidden=64, num_layers=2, num_heads=2, intermediate=128, encoder_width=64),
         llm=LLMConfig(
-            vocab_size=512,
+            vocab_size=1024,  # room for every word of the synthetic world as one token
             hidden=128,
             intermediate=256,
             num_layers=2,

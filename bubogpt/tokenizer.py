@@ -36,8 +36,12 @@ CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 512):
-    """Returns a transformers PreTrainedTokenizerFast with exactly `vocab_size` tokens."""
+def build_tokenizer(vocab_size: int = 1024, corpus: list[str] | None = None):
+    """Returns a transformers PreTrainedTokenizerFast with exactly `vocab_size` tokens.
+
+    `corpus` replaces the built-in CORPUS (the trained nano default learns its pieces from the
+    synthetic world's language, training.nano.language.tokenizer_corpus).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -46,7 +50,7 @@ def build_tokenizer(vocab_size: int = 512):
         raise ValueError(f"vocab_size {vocab_size} leaves no room for BPE pieces")
 
     def configure(tok: Tokenizer) -> None:
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
         tok.decoder = decoders.Sequence(
             [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
         )
@@ -55,11 +59,13 @@ def build_tokenizer(vocab_size: int = 512):
     learner = Tokenizer(models.BPE(unk_token="<unk>"))
     configure(learner)
     trainer = trainers.BpeTrainer(vocab_size=num_pieces, special_tokens=[], show_progress=False)
-    learner.train_from_iterator(CORPUS, trainer=trainer)
+    learner.train_from_iterator(CORPUS if corpus is None else corpus, trainer=trainer)
     learnt = json.loads(learner.to_str())["model"]
     pieces = sorted(learnt["vocab"].items(), key=lambda item: item[1])
-    if len(pieces) != num_pieces:
-        raise RuntimeError(f"BPE learnt {len(pieces)} pieces, expected {num_pieces}: enlarge CORPUS")
+    if len(pieces) > num_pieces:
+        raise RuntimeError(f"BPE learnt {len(pieces)} pieces, expected at most {num_pieces}")
+    # A small corpus runs out of merges: the rest of the vocabulary is reserved (never produced).
+    pieces += [(f"<reserved{i}>", 0) for i in range(num_pieces - len(pieces))]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learnt["merges"]]
 
     # 2. lay out the final vocabulary like LLaMA's: specials, bytes, pieces

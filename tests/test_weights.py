@@ -1,5 +1,6 @@
 """Our format: exact round trips, strict loading, and the built-in default rebuilt bit for bit."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -82,14 +83,29 @@ def _without_version(path: Path) -> dict:
     return data
 
 
-def test_builtin_default_is_rebuilt_bit_for_bit(tmp_path):
-    write_random_model(tmp_path, preset="nano", seed=DEFAULT_SEED)
-    committed = sorted(p.relative_to(DEFAULT_MODEL_DIR) for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
-    rebuilt = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    assert committed == rebuilt
-    for relative in committed:
+def test_random_models_are_rebuilt_bit_for_bit(tmp_path):
+    """`bubo init` is a pure function of preset and seed."""
+    write_random_model(tmp_path / "a", preset="nano", seed=DEFAULT_SEED)
+    write_random_model(tmp_path / "b", preset="nano", seed=DEFAULT_SEED)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    for relative in files:
         if relative.name in ("config.json", "generation_config.json"):
-            assert _without_version(DEFAULT_MODEL_DIR / relative) == _without_version(tmp_path / relative)
+            assert _without_version(tmp_path / "a" / relative) == _without_version(tmp_path / "b" / relative)
         else:
-            assert (DEFAULT_MODEL_DIR / relative).read_bytes() == (tmp_path / relative).read_bytes(), relative
+            assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes(), relative
+
+
+def test_builtin_default_is_the_trained_nano_model_with_its_recipe():
+    """The committed default records the command, seed and recipe that produced it (`bubo train nano`),
+    and that recipe is today's default recipe, so the command in the manifest reproduces it."""
+    from training.nano.pipeline import Recipe
+
+    manifest = json.loads((DEFAULT_MODEL_DIR / "bubogpt.json").read_text())
+    provenance = manifest["provenance"]
+    assert provenance["kind"] == "trained" and provenance["command"].startswith("bubo train nano --seed 0")
+    assert provenance["recipe"] == dataclasses.asdict(Recipe(seed=provenance["seed"]))
     assert read_config(DEFAULT_MODEL_DIR) == get_preset("nano")
+    report = json.loads((DEFAULT_MODEL_DIR / "training_report.json").read_text())
+    assert report["recipe"] == provenance["recipe"] and report["total_minutes"] <= 75
+    load_model(DEFAULT_MODEL_DIR)  # strict: every tensor present with its shape

@@ -30,9 +30,41 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_nano(args: argparse.Namespace) -> int:
+    import json
+
+    from training.nano.pipeline import Recipe, train_nano
+
+    recipe = Recipe(seed=args.seed, ablation=not args.no_ablation)
+    if args.quick:
+        recipe = recipe.quick()
+    command = f"bubo train nano --seed {args.seed}" + (" --quick" if args.quick else "") + (" --no-ablation" if args.no_ablation else "")
+    if args.grounding_from:
+        command += f" --grounding-from {args.grounding_from}"
+    report = train_nano(args.out, recipe, workdir=args.workdir, progress=not args.no_progress, command=command,
+                        grounding_from=args.grounding_from)
+    from training.nano.report import print_report
+
+    print_report(report)
+    if args.report:
+        with open(args.report, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return 0
+
+
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    train = subparsers.add_parser("train", help="stage 1 / stage 2 training (see training/configs/)")
-    stages = train.add_subparsers(dest="stage", required=True, metavar="{stage1,stage2}")
+    train = subparsers.add_parser("train", help="stage 1 / stage 2 training (see training/configs/); `nano`: the built-in default")
+    stages = train.add_subparsers(dest="stage", required=True, metavar="{stage1,stage2,nano}")
+    nano = stages.add_parser("nano", help="train every part of the nano model on the synthetic world (about an hour on 2 cores)")
+    nano.add_argument("--out", default="runs/nano/model", help="the trained model directory (our format + grounding/)")
+    nano.add_argument("--workdir", help="corpus, intermediate models and logs (default: OUT.work)")
+    nano.add_argument("--seed", type=int, default=0)
+    nano.add_argument("--quick", action="store_true", help="tiny sizes: the whole recipe in a few minutes (smoke test)")
+    nano.add_argument("--no-ablation", action="store_true", help="skip stage 2 without negative pairs")
+    nano.add_argument("--report", help="also write the report JSON here")
+    nano.add_argument("--grounding-from", help="reuse grounding nets trained by `python -m training.grounding --out DIR` (skips that lane)")
+    nano.add_argument("--no-progress", action="store_true")
+    nano.set_defaults(func=_train_nano)
     helps = {
         "stage1": "align modalities on captions: vision projection, audio Q-Former + projection",
         "stage2": "instruction tuning on image, audio, image+audio and negative pairs (projections)",

@@ -116,10 +116,16 @@ def count_phrase(n: int, kind: str, color: str | None = None, size: str | None =
 # --------------------------------------------------------------------------------------------------
 
 
+def left_to_right(scene: Scene) -> list[SceneObject]:
+    """The scene's objects by box centre, left to right (then top to bottom): the order a viewer reads."""
+    return sorted(scene.objects, key=lambda o: (o.box[0] + o.box[2], o.box[1] + o.box[3]))
+
+
 def groups(scene: Scene) -> list[tuple[str, str, list[SceneObject]]]:
-    """Objects grouped by (kind, color), in order of first appearance."""
+    """Objects grouped by (kind, color), groups and members left to right (a perceptual order, so a
+    model can learn it from pixels; drawing order is not visible)."""
     order: dict[tuple[str, str], list[SceneObject]] = {}
-    for obj in scene.objects:
+    for obj in left_to_right(scene):
         order.setdefault((obj.kind, obj.color), []).append(obj)
     return [(kind, color, objs) for (kind, color), objs in order.items()]
 

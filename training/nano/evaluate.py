@@ -1,0 +1,178 @@
+"""`bubo eval`: a model's answers and grounding on held-out world seeds, scored by training.eval.
+
+    bubo eval                                      # the built-in default on a fresh seed-1000 corpus
+    bubo eval --model A --model B --tasks source,negative      # side by side (e.g. the ablation)
+    bubo eval --server localhost:50051             # through a running `bubo serve`
+
+Predictions come from the PyTorch reference pipeline (greedy, the served template) and the PyTorch
+grounding pipeline, or from the server's Chat stream (answer + grounded entities). The held-out corpus
+is generated with `training.world.datasets` from `--seed` (never a training seed) into a cache folder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from bubogpt.prompt import Turn
+from training.prompts import AUDIO, IMAGE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EVAL_SEED = 1000
+MAX_NEW_TOKENS = 160
+# caption tasks have no instruction in the corpus (stage-1 format); served models are asked this
+CAPTION_INSTRUCTIONS = {"caption": IMAGE[0], "audio_caption": AUDIO[0]}
+
+
+def held_out_corpus(root: str | Path, seed: int = DEFAULT_EVAL_SEED, images: int = 60, progress: bool = False) -> Path:
+    """A world corpus for evaluation (written once per seed and size, then reused)."""
+    from training.world.datasets import write_corpus
+
+    root = Path(root)
+    manifest = root / "world.json"
+    if manifest.is_file():
+        info = json.loads(manifest.read_text())
+        if info.get("seed") == seed and info.get("images", info.get("sizes", {}).get("images")) in (images, None):
+            return root
+    write_corpus(root, seed=seed, images=images, progress=progress)
+    return root
+
+
+def load_items(corpus: str | Path, tasks: Sequence[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    with open(Path(corpus) / "eval" / "items.jsonl") as handle:
+        items = [json.loads(line) for line in handle if line.strip()]
+    if tasks:
+        items = [i for i in items if i["task"] in tasks]
+    return items[:limit] if limit else items
+
+
+def read_media(corpus: Path, ref: Any) -> bytes | None:
+    """An eval item's image/audio field: a path in the corpus, or {"file": tar, "member": name}."""
+    if ref is None:
+        return None
+    if isinstance(ref, Mapping):
+        with tarfile.open(corpus / ref["file"]) as tar:
+            member = tar.extractfile(ref["member"])
+            assert member is not None
+            return member.read()
+    return (corpus / ref).read_bytes()
+
+
+def instruction_of(item: Mapping[str, Any]) -> str:
+    return item.get("instruction") or CAPTION_INSTRUCTIONS.get(item["task"], IMAGE[0])
+
+
+Predictor = Callable[[str, bytes | None, bytes | None, bool], dict[str, Any]]
+
+
+def reference_predictor(model_dir: str | Path | None = None, grounding: bool = True) -> Predictor:
+    """Answers with the PyTorch reference pipeline; entities from the PyTorch grounding pipeline."""
+    from PIL import Image
+
+    from bubogpt.defaults import default_model_dir
+    from bubogpt.grounding.pipeline import has_grounding, load_grounding
+    from bubogpt.reference import ReferencePipeline
+
+    directory = Path(model_dir) if model_dir else default_model_dir()
+    pipeline = ReferencePipeline.from_dir(directory)
+    grounder = load_grounding(directory) if grounding and has_grounding(directory) else None
+
+    def predict(text: str, image: bytes | None, audio: bytes | None, ground: bool) -> dict[str, Any]:
+        result = pipeline.generate([Turn("user", text)], image=image, audio=audio, max_new_tokens=MAX_NEW_TOKENS)
+        prediction: dict[str, Any] = {"answer": result.text}
+        if ground and grounder is not None and image is not None:
+            found = grounder(Image.open(io.BytesIO(image)).convert("RGB"))
+            prediction["entities"] = [{"label": e.label, "box_xyxy": list(e.box_xyxy), "mask": e.mask} for e in found.entities]
+        return prediction
+
+    return predict
+
+
+def server_predictor(address: str, timeout: float = 120.0) -> Predictor:
+    """Answers and grounded entities from a running `bubo serve` (greedy)."""
+    import grpc
+
+    from bubogpt.grounding import rle
+    from serving.client import chat_request, collect
+    from serving.proto import bubo_pb2_grpc
+
+    channel = grpc.insecure_channel(address)
+    stub = bubo_pb2_grpc.BuboStub(channel)
+
+    def predict(text: str, image: bytes | None, audio: bytes | None, ground: bool) -> dict[str, Any]:
+        request = chat_request(text, image=image or b"", audio=audio or b"", ground=ground and image is not None,
+                               max_new_tokens=MAX_NEW_TOKENS)
+        result = collect(stub.Chat(request, timeout=timeout))
+        prediction: dict[str, Any] = {"answer": result.text}
+        if ground and image is not None:
+            prediction["entities"] = [
+                {"label": e.label, "box_xyxy": [e.box.x0, e.box.y0, e.box.x1, e.box.y1],
+                 "mask": rle.decode({"size": [e.mask.height, e.mask.width], "counts": e.mask.counts})}
+                for e in result.entities
+            ]
+        return prediction
+
+    return predict
+
+
+def predict_items(predict: Predictor, corpus: Path, items: Iterable[Mapping[str, Any]], ground: bool = True,
+                  progress: bool = False) -> dict[str, dict[str, Any]]:
+    from tqdm import tqdm
+
+    items = list(items)
+    out = {}
+    for item in tqdm(items, desc="eval", disable=not progress, unit="item"):
+        image, audio = read_media(corpus, item.get("image")), read_media(corpus, item.get("audio"))
+        out[item["id"]] = predict(instruction_of(item), image, audio, ground)
+    return out
+
+
+def evaluate_model(predict: Predictor, corpus: Path, tasks: Sequence[str] | None = None, limit: int | None = None,
+                   ground: bool = True, progress: bool = False):
+    from training.eval import evaluate
+
+    items = load_items(corpus, tasks, limit)
+    predictions = predict_items(predict, corpus, items, ground=ground, progress=progress)
+    return evaluate(items, predictions), predictions
+
+
+def side_by_side(columns: Mapping[str, Mapping[str, Any]], title: str) -> str:
+    """One rich table: a row per metric, a column per model; returns the text."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from training.eval import Metric
+
+    table = Table(title=title)
+    table.add_column("metric")
+    names = sorted({m for metrics in columns.values() for m in metrics})
+    for label in columns:
+        table.add_column(label, justify="right")
+    table.add_column("n", justify="right")
+    for name in names:
+        cells, count = [], ""
+        for metrics in columns.values():
+            m = metrics.get(name)
+            if isinstance(m, Metric):
+                cells.append("-" if m.value != m.value else f"{m.value:.3f}")
+                count = str(m.count)
+            elif m is None:
+                cells.append("")
+            else:
+                cells.append(f"{float(m):.3f}")
+        table.add_row(name, *cells, count)
+    recorder = Console(record=True, width=120, file=io.StringIO())
+    recorder.print(table)
+    Console().print(table)
+    return recorder.export_text()
+
+
+def metrics_json(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    from training.eval import Metric
+
+    return {k: ({"value": round(m.value, 4), "n": m.count} if isinstance(m, Metric) else m) for k, m in sorted(metrics.items())}

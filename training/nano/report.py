@@ -1,0 +1,60 @@
+"""The final report of `bubo train nano`, as tables."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+PARTS = ("llm", "vision_encoder", "audio_encoder", "stage1", "stage2", "stage2_no_negatives")
+
+
+def print_report(report: Mapping[str, Any], console=None) -> str:
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="bubo train nano")
+    table.add_column("part")
+    table.add_column("steps", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("result")
+    for part in PARTS:
+        if part not in report:
+            continue
+        r = report[part]
+        result = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("steps", "seconds", "history", "token_accuracy_by_task"))
+        table.add_row(part, str(r.get("steps", "")), str(r.get("seconds", "")), result)
+    grounding = report.get("grounding")
+    if grounding:
+        table.add_row("grounding", "", str(grounding.get("seconds", "")), ", ".join(
+            f"{k} {v}" for k, v in (grounding.get("held_out") or grounding.get("metrics") or {}).items() if not isinstance(v, (dict, list))))
+    recorder = Console(record=True, width=140, file=io.StringIO())
+    recorder.print(table)
+    (console or Console()).print(table)
+    text = recorder.export_text()
+    if "eval" in report:
+        from training.nano.evaluate import side_by_side
+
+        text += side_by_side({"trained": _metrics(report["eval"])}, "held-out evaluation")
+    if "ablation" in report:
+        from training.nano.evaluate import side_by_side
+
+        text += side_by_side({k: _metrics(v) for k, v in report["ablation"].items()}, "stage 2 with / without negative pairs")
+    total = report.get("total_minutes")
+    if total is not None:
+        line = f"total {total} min"
+        print(line)
+        text += line + "\n"
+    return text
+
+
+def _metrics(flat: Mapping[str, Any]):
+    from training.eval import Metric
+
+    out = {}
+    for name, value in flat.items():
+        if isinstance(value, Mapping):
+            out[name] = Metric(value["value"] * value["n"], value["n"])
+        else:
+            out[name] = value
+    return out
