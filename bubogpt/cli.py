@@ -216,7 +216,9 @@ def _eval(args: argparse.Namespace) -> int:
         predictors = {label: reference_predictor(m, grounding=not args.no_grounding) for label, m in zip(labels, models)}
     columns = {}
     for label, predict in predictors.items():
-        metrics, _ = evaluate_model(predict, corpus, tasks=tasks, limit=args.limit, ground=not args.no_grounding, progress=True)
+        overlays = Path(args.overlays) / label.replace("/", "_").replace(":", "_") if args.overlays else None
+        metrics, _ = evaluate_model(predict, corpus, tasks=tasks, limit=args.limit, ground=not args.no_grounding, progress=True,
+                                    overlays=overlays)
         columns[label] = metrics
     side_by_side(columns, f"held-out world evaluation (seed {args.seed}, {args.images} images)")
     if args.json:
@@ -345,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-grounding", action="store_true", help="score answers only")
     ev.add_argument("--corpus-dir", help="where the held-out corpus goes (default: ~/.cache/bubogpt/eval/seed-S-images-K)")
     ev.add_argument("--json", help="also write the metrics here")
+    ev.add_argument("--overlays", help="save mask overlays and answers of the first grounded images here (one folder per model)")
     ev.set_defaults(func=_eval)
 
     from training.cli import add_train_parser  # `bubo train stage1|stage2|nano`

@@ -1,8 +1,9 @@
-"""The built-in default model: `nano` weights made deterministically from a seed.
+"""The built-in default model, and deterministic random weights (`bubo init`).
 
-The files under bubogpt/default_model/ are what `write_default_model()` produces with
-DEFAULT_SEED; a test rebuilds them and compares bit for bit, so every machine serves the same
-model. (A later, trained default replaces the random weights; the format stays.)
+bubogpt/default_model/ holds the `nano` preset trained on the synthetic world by `bubo train nano`
+(training/nano/; the command, seed and recipe are in its bubogpt.json, the run's report in
+training_report.json). `write_random_model` makes untrained weights of any preset from a seed,
+bit for bit the same on every machine (tests, `bubo init`).
 """
 
 from __future__ import annotations

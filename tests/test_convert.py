@@ -52,7 +52,7 @@ def test_converted_model_holds_the_official_tensors_and_answers(tmp_path, offici
 
 def test_vicuna_directory_must_match_the_preset(tmp_path, official_files):
     paths, _ = official_files
-    with pytest.raises(CheckpointError, match="vocab_size is 512, preset bubogpt-7b expects 32000"):
+    with pytest.raises(CheckpointError, match="vocab_size is 1024, preset bubogpt-7b expects 32000"):
         convert_official(tmp_path / "model", "bubogpt-7b", vicuna_dir=default_model_dir() / "llm", **paths)
 
 

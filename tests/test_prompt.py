@@ -17,7 +17,7 @@ from bubogpt.tokenizer import build_tokenizer
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_tokenizer(512)
+    return build_tokenizer(1024)
 
 
 def test_single_turn_with_both_modalities_matches_the_paper_template():
@@ -92,10 +92,10 @@ def test_truncate_at_stop():
 
 
 def test_tokenizer_is_deterministic_and_round_trips(tokenizer):
-    again = build_tokenizer(512)
+    again = build_tokenizer(1024)
     assert tokenizer.backend_tokenizer.to_str() == again.backend_tokenizer.to_str()
     text = "Two black swans ### naïve 你好 \n\t end"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids) == text
-    assert len(tokenizer) == 512
+    assert len(tokenizer) == 1024
     assert tokenizer.convert_tokens_to_ids(["<unk>", "<s>", "</s>"]) == [0, 1, 2]

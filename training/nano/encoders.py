@@ -76,8 +76,18 @@ def _targets(words: Sequence[str]) -> list[int]:
     return [CLASS_INDEX[w] for w in words]
 
 
+POSITION_WEIGHT = 4.0
 DENSE_KINDS = ("none", *OBJECT_KINDS)
 DENSE_COLORS = ("none", *COLORS)
+DENSE_OUTPUTS = len(DENSE_KINDS) + len(DENSE_COLORS) + 2  # kind logits, colour logits, (x, y)
+
+
+def patch_xy(patches: int) -> torch.Tensor:
+    """[patches, 2]: (x, y) of each patch centre in [-1, 1], row-major."""
+    grid = int(round(patches**0.5))
+    axis = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid * 2 - 1
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([x.flatten(), y.flatten()], dim=-1)
 
 
 def patch_labels(scene, grid: int) -> torch.Tensor:
@@ -156,10 +166,12 @@ def train_slots(model: SlotTagger, train: MediaSet, held_out: MediaSet, *, steps
             group["lr"] = cosine_lr(step, steps, lr, warmup=max(1, steps // 20))
         if train.dense is not None and model.dense_head is not None:
             logits, dense = model(inputs, dense=True)
-            kinds = len(DENSE_KINDS)
+            kinds, colors = len(DENSE_KINDS), len(DENSE_COLORS)
             target = train.dense[index]
             dense_loss = nn.functional.cross_entropy(dense[..., :kinds].flatten(0, 1), target[..., 0].flatten()) + \
-                nn.functional.cross_entropy(dense[..., kinds:].flatten(0, 1), target[..., 1].flatten())
+                nn.functional.cross_entropy(dense[..., kinds : kinds + colors].flatten(0, 1), target[..., 1].flatten())
+            if dense.shape[-1] > kinds + colors:  # where each patch is, linearly: object places survive pooling
+                dense_loss = dense_loss + POSITION_WEIGHT * nn.functional.mse_loss(dense[..., kinds + colors :], patch_xy(dense.shape[1]).expand_as(dense[..., kinds + colors :]))
         else:
             logits, dense_loss = model(inputs), 0.0
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), train.targets[index].flatten(), weight=weights) + dense_loss
@@ -178,7 +190,7 @@ def train_slots(model: SlotTagger, train: MediaSet, held_out: MediaSet, *, steps
 
 def vision_slot_tagger(cfg: BuboConfig) -> SlotTagger:
     return SlotTagger(EvaViT(cfg.vision), QFormer(cfg.vision_qformer), cfg.vision_qformer.hidden,
-                      encoder_width=cfg.vision.width, dense_classes=len(DENSE_KINDS) + len(DENSE_COLORS))
+                      encoder_width=cfg.vision.width, dense_classes=DENSE_OUTPUTS)
 
 
 def audio_slot_tagger(cfg: BuboConfig) -> SlotTagger:

@@ -87,7 +87,8 @@ def reference_predictor(model_dir: str | Path | None = None, grounding: bool = T
         prediction: dict[str, Any] = {"answer": result.text}
         if ground and grounder is not None and image is not None:
             found = grounder(Image.open(io.BytesIO(image)).convert("RGB"))
-            prediction["entities"] = [{"label": e.label, "box_xyxy": list(e.box_xyxy), "mask": e.mask} for e in found.entities]
+            prediction["entities"] = [{"label": e.label, "score": e.score, "box_xyxy": list(e.box_xyxy), "mask": e.mask}
+                                      for e in found.entities]
         return prediction
 
     return predict
@@ -111,7 +112,7 @@ def server_predictor(address: str, timeout: float = 120.0) -> Predictor:
         prediction: dict[str, Any] = {"answer": result.text}
         if ground and image is not None:
             prediction["entities"] = [
-                {"label": e.label, "box_xyxy": [e.box.x0, e.box.y0, e.box.x1, e.box.y1],
+                {"label": e.label, "score": e.score, "box_xyxy": [e.box.x0, e.box.y0, e.box.x1, e.box.y1],
                  "mask": rle.decode({"size": [e.mask.height, e.mask.width], "counts": e.mask.counts})}
                 for e in result.entities
             ]
@@ -121,23 +122,44 @@ def server_predictor(address: str, timeout: float = 120.0) -> Predictor:
 
 
 def predict_items(predict: Predictor, corpus: Path, items: Iterable[Mapping[str, Any]], ground: bool = True,
-                  progress: bool = False) -> dict[str, dict[str, Any]]:
+                  progress: bool = False, overlays: Path | None = None, max_overlays: int = 8) -> dict[str, dict[str, Any]]:
+    """Predictions for every item; with `overlays`, the first `max_overlays` grounded images are saved
+    there as mask overlays, and `answers.md` lists their questions, answers and references."""
     from tqdm import tqdm
 
     items = list(items)
     out = {}
+    notes: list[str] = []
     for item in tqdm(items, desc="eval", disable=not progress, unit="item"):
         image, audio = read_media(corpus, item.get("image")), read_media(corpus, item.get("audio"))
-        out[item["id"]] = predict(instruction_of(item), image, audio, ground)
+        out[item["id"]] = prediction = predict(instruction_of(item), image, audio, ground)
+        if overlays is not None and image is not None and "entities" in prediction and len(notes) < max_overlays:
+            name = f"{len(notes):02d}-{item['task']}.png"
+            save_prediction_overlay(image, prediction["entities"], overlays / name)
+            notes.append(f"### {name}\n\n* question: {instruction_of(item)}\n* answer: {prediction['answer']}\n"
+                         f"* reference: {item['reference']}\n")
+    if overlays is not None and notes:
+        (overlays / "answers.md").write_text("# Held-out answers and grounding\n\n" + "\n".join(notes))
     return out
 
 
+def save_prediction_overlay(image: bytes, entities: Sequence[Mapping[str, Any]], path: Path) -> None:
+    from bubogpt.grounding.overlay import save_overlay
+    from bubogpt.grounding.schema import GroundedEntity
+    from bubogpt.image import decode_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grounded = [GroundedEntity(index=i, label=e["label"], score=float(e.get("score", 1.0)), box_xyxy=tuple(e["box_xyxy"]),
+                               mask=e.get("mask")) for i, e in enumerate(entities)]
+    save_overlay(decode_image(image), grounded, path)
+
+
 def evaluate_model(predict: Predictor, corpus: Path, tasks: Sequence[str] | None = None, limit: int | None = None,
-                   ground: bool = True, progress: bool = False):
+                   ground: bool = True, progress: bool = False, overlays: Path | None = None):
     from training.eval import evaluate
 
     items = load_items(corpus, tasks, limit)
-    predictions = predict_items(predict, corpus, items, ground=ground, progress=progress)
+    predictions = predict_items(predict, corpus, items, ground=ground, progress=progress, overlays=overlays)
     return evaluate(items, predictions), predictions
 
 

@@ -185,7 +185,7 @@ def train_nano(out: str | Path, recipe: Recipe = Recipe(), workdir: str | Path |
         model = BuboGPT(cfg).eval()
         t0 = time.time()
         vision = encoders.SlotTagger(model.vision_encoder, model.vision_qformer, cfg.vision_qformer.hidden,
-                                     encoder_width=cfg.vision.width, dense_classes=len(encoders.DENSE_KINDS) + len(encoders.DENSE_COLORS))
+                                     encoder_width=cfg.vision.width, dense_classes=encoders.DENSE_OUTPUTS)
         images = encoders.image_set(cfg, recipe.seed, recipe.vision_images, progress=progress)
         report["vision_encoder"] = encoders.train_slots(
             vision, images, encoders.image_set(cfg, recipe.seed + 1_000_003, recipe.held_out), steps=recipe.vision_steps,
@@ -255,7 +255,7 @@ def train_nano(out: str | Path, recipe: Recipe = Recipe(), workdir: str | Path |
     from training.nano.evaluate import evaluate_model, held_out_corpus, metrics_json, reference_predictor
 
     eval_corpus = held_out_corpus(work / f"eval_seed{recipe.eval_seed}", recipe.eval_seed, recipe.eval_images)
-    metrics, _ = evaluate_model(reference_predictor(out), eval_corpus, progress=progress)
+    metrics, _ = evaluate_model(reference_predictor(out), eval_corpus, progress=progress, overlays=work / "overlays")
     report["eval"] = metrics_json(metrics)
     if recipe.ablation:
         report["ablation"] = {}
