@@ -213,6 +213,8 @@ def _eval(args: argparse.Namespace) -> int:
         labels = [Path(m).name if m else "built-in" for m in models]
         if len(set(labels)) < len(labels):
             labels = [f"{Path(m).parent.name}/{Path(m).name}" if m else "built-in" for m in models]
+        if len(set(labels)) < len(labels):
+            labels = [f"{label} #{i + 1}" for i, label in enumerate(labels)]
         predictors = {label: reference_predictor(m, grounding=not args.no_grounding) for label, m in zip(labels, models)}
     columns = {}
     for label, predict in predictors.items():
@@ -341,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", action="append", help="model directory; repeat to compare side by side (default: the built-in model)")
     ev.add_argument("--server", help="evaluate a running `bubo serve` at HOST:PORT instead")
     ev.add_argument("--seed", type=int, default=1000, help="world seed of the held-out corpus (training uses 0)")
-    ev.add_argument("--images", type=int, default=60, help="images in the held-out corpus")
+    ev.add_argument("--images", type=int, default=200, help="images in the held-out corpus")
     ev.add_argument("--tasks", help="comma-separated subset of caption,describe,qa,audio,audio_caption,source,negative")
     ev.add_argument("--limit", type=int, help="evaluate only the first N items")
     ev.add_argument("--no-grounding", action="store_true", help="score answers only")

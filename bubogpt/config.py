@@ -160,9 +160,11 @@ def nano() -> BuboConfig:
     """
     return BuboConfig(
         name="nano",
-        vision=VisionEncoderConfig(width=64, depth=2, num_heads=2, mlp_dim=256),
-        vision_qformer=QFormerConfig(hidden=64, num_layers=2, num_heads=2, intermediate=128, encoder_width=64),
-        audio=AudioEncoderConfig(width=64, depth=2, num_heads=2, mlp_dim=256),
+        # 28 px patches (8 x 8 tokens) and non-overlapping audio patches: a wider, deeper encoder for
+        # the same compute, which is what learns the synthetic world's shapes in the training budget
+        vision=VisionEncoderConfig(patch_size=28, width=128, depth=3, num_heads=4, mlp_dim=512),
+        vision_qformer=QFormerConfig(hidden=64, num_layers=2, num_heads=2, intermediate=128, encoder_width=128),
+        audio=AudioEncoderConfig(patch_stride=16, width=64, depth=2, num_heads=2, mlp_dim=256),
         audio_qformer=QFormerConfig(hidden=64, num_layers=2, num_heads=2, intermediate=128, encoder_width=64),
         llm=LLMConfig(
             vocab_size=1024,  # room for every word of the synthetic world as one token

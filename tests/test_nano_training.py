@@ -123,3 +123,20 @@ def test_quick_recipe_writes_a_loadable_trained_model(tmp_path):
     trained = load_file(str(out / "llm" / "model.safetensors"))
     pretrained = load_file(str(tmp_path / "work" / "base" / "llm" / "model.safetensors"))
     assert trained.keys() == pretrained.keys() and all(torch.equal(trained[k], pretrained[k]) for k in trained)
+
+
+def test_bubo_eval_scores_models_side_by_side(tmp_path, capsys):
+    """`bubo eval` with the same model twice: two columns, identical (greedy, deterministic) numbers."""
+    from bubogpt.cli import main
+    from bubogpt.defaults import default_model_dir
+
+    out = tmp_path / "metrics.json"
+    model = str(default_model_dir())
+    assert main(["eval", "--model", model, "--model", model, "--images", "6", "--limit", "6",
+                 "--corpus-dir", str(tmp_path / "corpus"), "--json", str(out), "--overlays", str(tmp_path / "overlays")]) == 0
+    columns = json.loads(out.read_text())
+    assert len(columns) == 2
+    first, second = columns.values()
+    assert first == second and first["missing"]["value"] == 0.0 and first["missing"]["n"] == 6
+    assert "held-out world evaluation" in capsys.readouterr().out
+    assert (tmp_path / "overlays").is_dir() and any((tmp_path / "overlays").rglob("*.png"))

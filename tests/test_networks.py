@@ -102,9 +102,9 @@ def test_nano_shapes_and_batch_independence() -> None:
         image_queries = vision_qformer(image_tokens)
         audio_tokens = audio(clips)
         audio_queries = audio_qformer(audio_tokens)
-        assert image_tokens.shape == (2, 257, config.vision.width)
+        assert image_tokens.shape == (2, config.vision.num_tokens, config.vision.width)
         assert image_queries.shape == (2, 32, config.vision_qformer.hidden)
-        assert audio_tokens.shape == (2, 229, config.audio.width)
+        assert audio_tokens.shape == (2, config.audio.num_tokens, config.audio.width)
         assert audio_queries.shape == (2, 32, config.audio_qformer.hidden)
         # Each sample is computed on its own (no cross-batch mixing).
         torch.testing.assert_close(vision(pixels[1:]), image_tokens[1:], atol=1e-5, rtol=1e-5)

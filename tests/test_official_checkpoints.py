@@ -10,6 +10,8 @@ name oracle says it comes from.
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 from collections.abc import Callable
 
@@ -432,7 +434,7 @@ def test_wrong_config_is_misshaped() -> None:
     config = nano()
     ckpt = official_blip2_state(config.vision, config.vision_qformer, _Filler(7))
     bigger = QFormer(QFormerConfig(hidden=64, num_layers=2, num_heads=2, intermediate=128, encoder_width=96))
-    with pytest.raises(CheckpointError, match=r"crossattention\.self\.key\.weight .*\(64, 64\) vs model \(64, 96\)"):
+    with pytest.raises(CheckpointError, match=r"crossattention\.self\.key\.weight .*\(64, 128\) vs model \(64, 96\)"):
         load_blip2_checkpoint(EvaViT(config.vision), bigger, ckpt)
 
 
@@ -488,7 +490,7 @@ def test_non_weights_only_file_needs_allow_pickle(tmp_path) -> None:
 
 def test_eva_pos_embed_grid_is_resized() -> None:
     """A 14x14-grid file (196 px) into a 16x16 model: class token kept, a constant grid stays constant."""
-    cfg = nano().vision
+    cfg = dataclasses.replace(nano().vision, patch_size=14)  # EVA's patch size: a 16x16 grid at 224 px
     small = VisionEncoderConfig(image_size=196, patch_size=14, width=cfg.width, depth=cfg.depth,
                                 num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim)
     state = official_eva_state(small, cfg.depth, _Filler(13))

@@ -29,7 +29,7 @@ MAX_NEW_TOKENS = 160
 CAPTION_INSTRUCTIONS = {"caption": IMAGE[0], "audio_caption": AUDIO[0]}
 
 
-def held_out_corpus(root: str | Path, seed: int = DEFAULT_EVAL_SEED, images: int = 60, progress: bool = False) -> Path:
+def held_out_corpus(root: str | Path, seed: int = DEFAULT_EVAL_SEED, images: int = 200, progress: bool = False) -> Path:
     """A world corpus for evaluation (written once per seed and size, then reused)."""
     from training.world.datasets import write_corpus
 

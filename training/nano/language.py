@@ -218,21 +218,20 @@ def pretrain_llm(llm, train: Sequence[Example], held_out: Sequence[Example], *, 
 
 
 @torch.no_grad()
-def evaluate_llm(llm, held_out: Sequence[Example], pad_id: int = 0, batch_size: int = 64) -> dict:
-    """Teacher-forced loss and answer-token accuracy on held-out examples, overall and per task."""
+def evaluate_llm(llm, held_out: Sequence[Example], pad_id: int = 0) -> dict:
+    """Teacher-forced loss and answer-token accuracy on held-out examples, overall and per task
+    (one example at a time: no padding in the way)."""
     llm.eval()
     losses, per_task = [], {}
     total_correct = total = 0
-    for i in range(0, len(held_out), batch_size):
-        batch = held_out[i : i + batch_size]
-        for e in batch:
-            loss, correct = lm_loss(llm, *collate([e], pad_id))
-            losses.append(loss.item())
-            stats = per_task.setdefault(e.task, [0, 0])
-            stats[0] += int(correct.sum())
-            stats[1] += correct.numel()
-            total_correct += int(correct.sum())
-            total += correct.numel()
+    for e in held_out:
+        loss, correct = lm_loss(llm, *collate([e], pad_id))
+        losses.append(loss.item())
+        stats = per_task.setdefault(e.task, [0, 0])
+        stats[0] += int(correct.sum())
+        stats[1] += correct.numel()
+        total_correct += int(correct.sum())
+        total += correct.numel()
     return {"held_out_loss": round(sum(losses) / max(1, len(losses)), 4),
             "held_out_token_accuracy": round(total_correct / max(1, total), 4),
             "token_accuracy_by_task": {t: round(c / max(1, n), 4) for t, (c, n) in sorted(per_task.items())}}

@@ -42,11 +42,11 @@ class Recipe:
     llm_steps: int = 2000
     llm_batch: int = 32
     llm_lr: float = 3e-3
-    vision_images: int = 3000
-    vision_steps: int = 1500
+    vision_images: int = 6000
+    vision_steps: int = 2500
     vision_lr: float = 3e-3
-    audio_sounds: int = 540
-    audio_steps: int = 300
+    audio_sounds: int = 3000
+    audio_steps: int = 2000
     audio_batch: int = 8
     audio_lr: float = 2e-3
     held_out: int = 200
@@ -56,10 +56,10 @@ class Recipe:
     stage1_lr: float = 2e-3
     stage2_lr: float = 5e-4
     grounding_corpus_images: int = 2000  # the grounding lane's own corpus (same seed, more images)
-    grounding_minutes: float = 30.0
+    grounding_minutes: float = 32.0
     ablation: bool = True
     eval_seed: int = 1000  # held out: the corpus seeds used for training are recipe.seed and seed + 1_000_003
-    eval_images: int = 60
+    eval_images: int = 200
 
     def quick(self) -> Recipe:
         """Every size and step count cut down: the recipe end to end in a couple of minutes."""
