@@ -19,7 +19,6 @@ from bubogpt.grounding.pipeline import (
     save_grounding,
 )
 from bubogpt.grounding.rle import decode
-from bubogpt.samples import make_image_bytes
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +27,10 @@ def pipeline():
 
 
 def image(width, height, seed=0):
-    return Image.open(io.BytesIO(make_image_bytes(width, height, seed=seed))).convert("RGB")
+    """A picture of the synthetic world (what the default's grounding nets were trained on), JPEG-decoded."""
+    from training.world.scene import make_scene
+
+    return Image.open(io.BytesIO(make_scene(seed, size=(width, height)).jpeg())).convert("RGB")
 
 
 def bfs_components(mask: np.ndarray) -> int:
@@ -111,8 +113,16 @@ def test_boxes_and_masks_come_back_in_original_pixels(pipeline, size):
     assert abs(rows.min() - y0) <= tolerance and abs(rows.max() + 1 - y1) <= tolerance
 
 
-def test_detector_thresholds_are_the_papers(pipeline):
-    assert pipeline.cfg.box_threshold == 0.25 and pipeline.cfg.text_threshold == 0.2
+def test_detector_thresholds_are_the_papers_or_the_tuned_ones(pipeline):
+    """The official preset uses the paper's thresholds; the trained default those its training tuned."""
+    import json
+
+    from bubogpt.grounding.pipeline import GROUNDING_PRESETS
+
+    official = GROUNDING_PRESETS["official"]
+    assert official.box_threshold == 0.25 and official.text_threshold == 0.2 and official.hole_area == 400
+    tuned = json.loads((default_model_dir() / "grounding" / "train_report.json").read_text())["threshold_tuning"]
+    assert (pipeline.cfg.box_threshold, pipeline.cfg.text_threshold) == (tuned["box_threshold"], tuned["text_threshold"])
     assert pipeline.cfg.hole_area > 0
 
 
@@ -163,7 +173,7 @@ def test_bubo_ground_cli_prints_the_pipelines_entities_and_writes_an_overlay(tmp
     from bubogpt.cli import main
 
     path = tmp_path / "picture.png"
-    path.write_bytes(make_image_bytes(200, 160, seed=4))
+    image(200, 160, seed=4).save(path)
     overlay = tmp_path / "overlay.png"
     assert main(["ground", "--image", str(path), "--json", "--out", str(overlay)]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -174,8 +174,10 @@ def test_deadline_exceeded(stub, stack, reference):
     limits = stack.service.limits
     stack.service.limits = Limits(request_timeout_s=0.05)
     try:
+        # fresh media (no embedding-cache hit): embedding alone outlasts the 50 ms, however short the answer
+        image, audio = make_image_bytes(320, 240, seed=173), make_audio_bytes(seconds=3.0, seed=173)
         with pytest.raises(grpc.RpcError) as info:
-            list(stub.Chat(chat_request("Tell me everything.", max_new_tokens=1000)))
+            list(stub.Chat(chat_request("Tell me everything.", image=image, audio=audio, max_new_tokens=1000)))
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "longer than" in info.value.details()
     finally:

@@ -157,7 +157,9 @@ def test_grounding_ensemble_equals_the_pytorch_pipeline(server, grounding_refere
 
     from serving.grounding_client import TritonGrounder
 
-    data = make_image_bytes(*size, seed=seed)
+    from training.world.scene import make_scene
+
+    data = make_scene(seed, size=size).png()  # the world the default's grounding nets know
 
     async def ground():
         grounder = TritonGrounder(server.url_grpc)

@@ -169,7 +169,7 @@ def test_audio_before_image_binds_by_prompt_order(loop, engine, reference):
 def test_prefix_cache_is_keyed_by_the_embedding_content(loop, engine, reference):
     rows = embeds_for(reference, image=make_image_bytes(seed=5))
     # long enough for a full KV block (128 tokens on CPU) past the image slot
-    turns = [Turn("user", "Describe the image in every detail: " + "colours, shapes, positions and sizes, " * 8)]
+    turns = [Turn("user", "Describe the image in every detail: " + "colours, shapes, positions and sizes, " * 16)]
     layout, first = generate(loop, engine, reference, turns, rows)
     slot_start, slot_len = layout.slots[0]
     assert len(layout) > 2 * 128

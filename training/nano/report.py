@@ -26,8 +26,13 @@ def print_report(report: Mapping[str, Any], console=None) -> str:
         table.add_row(part, str(r.get("steps", "")), str(r.get("seconds", "")), result)
     grounding = report.get("grounding")
     if grounding:
-        table.add_row("grounding", "", str(grounding.get("seconds", "")), ", ".join(
-            f"{k} {v}" for k, v in (grounding.get("held_out") or grounding.get("metrics") or {}).items() if not isinstance(v, (dict, list))))
+        seconds = grounding.get("seconds", {})
+        objects = (grounding.get("eval") or {}).get("objects") or {}
+        result = ", ".join(f"{k} {v:.3f}" for k, v in objects.items() if k in ("precision", "recall", "f1", "box_iou", "mask_iou"))
+        steps = sum(grounding.get("plan", {}).values())
+        table.add_row("grounding (tagger, detector, segmenter)", str(steps or ""),
+                      f"{seconds.get('train_total', 0):.1f}" if isinstance(seconds, dict) else str(seconds),
+                      f"objects {result}" if result else "")
     recorder = Console(record=True, width=140, file=io.StringIO())
     recorder.print(table)
     (console or Console()).print(table)
