@@ -140,3 +140,13 @@ def test_bubo_eval_scores_models_side_by_side(tmp_path, capsys):
     assert first == second and first["missing"]["value"] == 0.0 and first["missing"]["n"] == 6
     assert "held-out world evaluation" in capsys.readouterr().out
     assert (tmp_path / "overlays").is_dir() and any((tmp_path / "overlays").rglob("*.png"))
+
+
+def test_the_pretrained_llm_is_reused_only_for_equal_recipe_fields(tmp_path):
+    from training.nano.pipeline import CACHE_KEY, _read_cache
+
+    key = {"llm": {"hidden": 128}, "seed": 0, "llm_steps": 2000}
+    (tmp_path / CACHE_KEY).write_text(json.dumps({"key": key, "report": {"steps": 2000}}))
+    assert _read_cache(tmp_path, dict(key)) == {"steps": 2000}
+    assert _read_cache(tmp_path, {**key, "llm_steps": 2001}) is None
+    assert _read_cache(tmp_path / "missing", key) is None
