@@ -42,8 +42,8 @@ class Recipe:
     llm_steps: int = 2000
     llm_batch: int = 32
     llm_lr: float = 3e-3
-    vision_images: int = 6000
-    vision_steps: int = 2500
+    vision_images: int = 10000
+    vision_steps: int = 6000
     vision_lr: float = 3e-3
     audio_sounds: int = 3000
     audio_steps: int = 2000
@@ -68,6 +68,20 @@ class Recipe:
             vision_steps=10, audio_sounds=18, audio_steps=4, held_out=16, stage1_steps=6, stage2_steps=6,
             stage_batch=4, grounding_corpus_images=40, grounding_minutes=0.5, eval_images=5,
         )
+
+
+# The recipe fields the pre-trained LLM depends on (with the LLM config): equal fields, equal LLM.
+LLM_FIELDS = ("seed", "tokenizer_scenes", "llm_examples", "llm_steps", "llm_batch", "llm_lr", "held_out")
+CACHE_KEY = "recipe_key.json"
+
+
+def _read_cache(directory: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved report of a cached part whose key equals `key`, else None."""
+    path = directory / CACHE_KEY
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["report"] if saved.get("key") == json.loads(json.dumps(key)) else None
 
 
 def _stage_config(path: Path, *, base_model: Path, output_dir: Path, steps: int, batch: int, lr: float, seed: int,
@@ -167,23 +181,41 @@ def train_nano(out: str | Path, recipe: Recipe = Recipe(), workdir: str | Path |
         grounding_out = work / "grounding_model"
         lane = _start_grounding_lane(grounding_corpus, grounding_out, recipe, progress=False, log_path=work / "grounding.log")
     try:
-        # 1. the world tokenizer and the LLM (then frozen for good)
+        # 1. the world tokenizer and the LLM (then frozen for good); a workdir keeps it for reruns
+        #    that change only later parts (the LLM depends on nothing after it)
         t0 = time.time()
-        tokenizer = build_tokenizer(cfg.llm.vocab_size, language.tokenizer_corpus(recipe.seed, recipe.tokenizer_scenes))
-        builder = language.ExampleBuilder(tokenizer)
-        train_examples = language.examples(builder, recipe.seed, recipe.llm_examples, progress=progress)
-        held_out = language.examples(builder, recipe.seed + 1_000_003, recipe.held_out)
-        torch.manual_seed(recipe.seed)
-        llm = build_llm(cfg.llm)
-        report["llm"] = language.pretrain_llm(llm, train_examples, held_out, steps=recipe.llm_steps, batch_size=recipe.llm_batch,
-                                              lr=recipe.llm_lr, seed=recipe.seed, pad_id=builder.pad_id, progress=progress)
-        del train_examples
+        llm_cache = work / "llm_pretrained"
+        llm_key = {"llm": dataclasses.asdict(cfg.llm),
+                   **{k: getattr(recipe, k) for k in LLM_FIELDS}}
+        cached = _read_cache(llm_cache, llm_key)
+        if cached is not None:
+            from bubogpt.llm import load_llm
+            from bubogpt.tokenizer import load_tokenizer
+
+            tokenizer, llm = load_tokenizer(llm_cache), load_llm(llm_cache)
+            report["llm"] = {**cached, "reused_from": str(llm_cache)}
+            log.info("reusing the pre-trained LLM in %s (same recipe fields)", llm_cache)
+        else:
+            from bubogpt.llm import save_llm
+
+            tokenizer = build_tokenizer(cfg.llm.vocab_size, language.tokenizer_corpus(recipe.seed, recipe.tokenizer_scenes))
+            builder = language.ExampleBuilder(tokenizer)
+            train_examples = language.examples(builder, recipe.seed, recipe.llm_examples, progress=progress)
+            held_out = language.examples(builder, recipe.seed + 1_000_003, recipe.held_out)
+            torch.manual_seed(recipe.seed)
+            llm = build_llm(cfg.llm)
+            report["llm"] = language.pretrain_llm(llm, train_examples, held_out, steps=recipe.llm_steps, batch_size=recipe.llm_batch,
+                                                  lr=recipe.llm_lr, seed=recipe.seed, pad_id=builder.pad_id, progress=progress)
+            del train_examples
+            save_llm(llm, tokenizer, llm_cache)
+            (llm_cache / CACHE_KEY).write_text(json.dumps({"key": llm_key, "report": report["llm"]}, indent=2) + "\n")
         timed("llm", t0)
 
-        # 2. encoders + Q-Formers from the world's truth
+        # 2. encoders + Q-Formers from the world's truth (each part seeded on its own)
         torch.manual_seed(recipe.seed + 1)
         model = BuboGPT(cfg).eval()
         t0 = time.time()
+        torch.manual_seed(recipe.seed + 2)
         vision = encoders.SlotTagger(model.vision_encoder, model.vision_qformer, cfg.vision_qformer.hidden,
                                      encoder_width=cfg.vision.width, dense_classes=encoders.DENSE_OUTPUTS)
         images = encoders.image_set(cfg, recipe.seed, recipe.vision_images, progress=progress)
@@ -193,6 +225,7 @@ def train_nano(out: str | Path, recipe: Recipe = Recipe(), workdir: str | Path |
         del images
         timed("vision_encoder", t0)
         t0 = time.time()
+        torch.manual_seed(recipe.seed + 3)
         audio = encoders.SlotTagger(model.audio_encoder, model.audio_qformer, cfg.audio_qformer.hidden)
         sounds = encoders.audio_set(cfg, recipe.seed, recipe.audio_sounds, progress=progress)
         report["audio_encoder"] = encoders.train_slots(
