@@ -1,5 +1,7 @@
+import grpc
 import pytest
 
+from async_runner import LoopThread
 from bubogpt.samples import make_audio_bytes, make_image_bytes
 
 __all__ = ["make_audio_bytes", "make_image_bytes"]
@@ -13,3 +15,32 @@ def image_bytes() -> bytes:
 @pytest.fixture(scope="session")
 def audio_bytes() -> bytes:
     return make_audio_bytes()
+
+
+# The whole stack on loopback (real Triton, vLLM engine and gRPC frontend), once per test module that asks.
+
+
+@pytest.fixture(scope="module")
+def loop():
+    runner = LoopThread()
+    yield runner
+    runner.close()
+
+
+@pytest.fixture(scope="module")
+def stack(loop, tmp_path_factory):
+    from serving.app import ServeOptions, Stack, free_port
+
+    options = ServeOptions(port=0, metrics_port=free_port(), cache_dir=tmp_path_factory.mktemp("cache"))
+    stack = loop.run(Stack(options).start(), timeout=900)
+    yield stack
+    loop.run(stack.stop(grace_s=5), timeout=120)
+
+
+@pytest.fixture(scope="module")
+def stub(stack):
+    from serving.proto import bubo_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{stack.port}", options=[("grpc.max_send_message_length", 64 << 20)])
+    yield bubo_pb2_grpc.BuboStub(channel)
+    channel.close()

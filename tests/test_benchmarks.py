@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from async_runner import LoopThread
 from benchmarks.inputs import KINDS, grounding_pair_requests, request_mix
 from benchmarks.loadgen import run_sweep_async
 from benchmarks.memory_plan import fit_count, kv_bytes_per_token, memory_plan
@@ -23,13 +22,6 @@ from bubogpt.config import get_preset
 from serving.app import ServeOptions, Stack
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def loop():
-    runner = LoopThread()
-    yield runner
-    runner.close()
 
 
 @pytest.fixture(scope="module")

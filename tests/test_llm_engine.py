@@ -6,7 +6,6 @@ import time
 import pytest
 import torch
 
-from async_runner import LoopThread
 from bubogpt.defaults import default_model_dir
 from bubogpt.prompt import Turn
 from bubogpt.reference import ReferencePipeline
@@ -22,13 +21,6 @@ from serving.llm_engine import (
 )
 
 GREEDY = SamplingOptions(temperature=0.0, max_new_tokens=24)
-
-
-@pytest.fixture(scope="module")
-def loop():
-    runner = LoopThread()
-    yield runner
-    runner.close()
 
 
 @pytest.fixture(scope="module")

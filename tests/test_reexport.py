@@ -4,13 +4,10 @@ without a restart (Triton polls its repository; the frontend empties its embeddi
 import time
 
 import grpc
-import pytest
 import torch
 
-from async_runner import LoopThread
 from bubogpt.defaults import default_model_dir
 from bubogpt.llm import load_llm
-from bubogpt.prompt import Turn
 from bubogpt.reference import ReferencePipeline
 from bubogpt.tokenizer import load_tokenizer
 from bubogpt.weights import llm_dir, load_model
@@ -41,13 +38,6 @@ def train_stage1(tmp_path):
     trainer = Trainer(cfg, model=load_model(base), llm=load_llm(llm_dir(base)), tokenizer=load_tokenizer(llm_dir(base)))
     trainer.fit()
     return tmp_path / "run" / "model"
-
-
-@pytest.fixture(scope="module")
-def loop():
-    runner = LoopThread()
-    yield runner
-    runner.close()
 
 
 def test_trained_weights_reach_the_running_server(tmp_path, loop):

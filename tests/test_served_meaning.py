@@ -8,14 +8,9 @@ serving change that garbles embeddings, prompts, tokens or masks fails here, not
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
-import pytest
 
-from serving.app import ServeOptions, Stack, free_port
 from serving.client import chat_request, collect
-from serving.proto import bubo_pb2_grpc
-from async_runner import LoopThread
 from training import eval as world_eval
 from training.prompts import AUDIO
 from training.world import derive_seed
@@ -30,23 +25,6 @@ MIN_GROUNDING_F1 = 0.25  # served: 0.36 (entities are those the answer names, sc
 MIN_MASK_IOU = 0.7  # served: 0.81
 MIN_AUDIO_KIND = 0.8  # held-out eval: 0.97
 MIN_PAIR_AUDIO_KIND = 0.75
-
-
-@pytest.fixture(scope="module")
-def loop():
-    runner = LoopThread()
-    yield runner
-    runner.close()
-
-
-@pytest.fixture(scope="module")
-def stub(loop, tmp_path_factory):
-    options = ServeOptions(port=0, metrics_port=free_port(), cache_dir=tmp_path_factory.mktemp("cache"))
-    stack = loop.run(Stack(options).start(), timeout=900)
-    channel = grpc.insecure_channel(f"127.0.0.1:{stack.port}", options=[("grpc.max_send_message_length", 64 << 20)])
-    yield bubo_pb2_grpc.BuboStub(channel)
-    channel.close()
-    loop.run(stack.stop(grace_s=5), timeout=120)
 
 
 def ask(stub, text, image=b"", audio=b"", ground=False):

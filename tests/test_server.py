@@ -1,6 +1,5 @@
 """The whole stack on loopback: real Triton, real vLLM engine, real gRPC frontend (`bubo serve`)."""
 
-import asyncio
 import threading
 import time
 import urllib.request
@@ -8,36 +7,12 @@ import urllib.request
 import grpc
 import pytest
 
-from async_runner import LoopThread
 from bubogpt.prompt import Turn
 from bubogpt.reference import ReferencePipeline
 from conftest import make_audio_bytes, make_image_bytes
-from serving.app import ServeOptions, Stack, free_port
 from serving.client import chat_request, collect
-from serving.proto import bubo_pb2, bubo_pb2_grpc
+from serving.proto import bubo_pb2
 from serving.server import Limits
-
-
-@pytest.fixture(scope="module")
-def loop():
-    runner = LoopThread()
-    yield runner
-    runner.close()
-
-
-@pytest.fixture(scope="module")
-def stack(loop, tmp_path_factory):
-    options = ServeOptions(port=0, metrics_port=free_port(), cache_dir=tmp_path_factory.mktemp("cache"))
-    stack = loop.run(Stack(options).start(), timeout=900)
-    yield stack
-    loop.run(stack.stop(grace_s=5), timeout=120)
-
-
-@pytest.fixture(scope="module")
-def stub(stack):
-    channel = grpc.insecure_channel(f"127.0.0.1:{stack.port}", options=[("grpc.max_send_message_length", 64 << 20)])
-    yield bubo_pb2_grpc.BuboStub(channel)
-    channel.close()
 
 
 @pytest.fixture(scope="module")

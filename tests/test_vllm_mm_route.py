@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from async_runner import LoopThread
 from bubogpt.defaults import default_model_dir
 from bubogpt.prompt import STOP_STRING, PromptLayout, Turn, build_prompt, layout_prompt, splice_embeddings
 from bubogpt.reference import ReferencePipeline
@@ -54,13 +53,6 @@ def plugin_on_path(tmp_path_factory):
         os.environ.pop("PYTHONPATH", None)
     else:
         os.environ["PYTHONPATH"] = saved_env
-
-
-@pytest.fixture(scope="module")
-def loop():
-    runner = LoopThread()
-    yield runner
-    runner.close()
 
 
 @pytest.fixture(scope="module")
