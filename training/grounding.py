@@ -41,7 +41,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 import random
 import time
 from collections import defaultdict
@@ -67,11 +66,10 @@ from bubogpt.grounding.gdino_transformer import (
     sine_position_embedding,
 )
 from bubogpt.grounding.pipeline import GroundingPipeline, build_random_grounding, save_grounding
+from training.schedule import cosine_lr
+from training.world.scene import OBJECT_KINDS
 
 log = logging.getLogger(__name__)
-
-OBJECT_KINDS = ("ball", "bird", "boat", "car", "cat", "dog", "flower", "tree")
-REGION_LABELS = ("grass", "road", "sky", "water")
 
 # Share of the budget per net (the rest: loading, calibration, saving), and the measured seconds per
 # step on one thread of the reference machine at the batch sizes below (sizes the schedules).
@@ -176,13 +174,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
@@ -329,7 +320,7 @@ def train_tagger(tagger: ram.RamTagger, train: list[Sample], tag_list: list[str]
             order += rng.permutation(len(train)).tolist()
         idx, order = order[:TAGGER_BATCH], order[TAGGER_BATCH:]
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, max(1, steps // 20))
+            group["lr"] = cosine_lr(step, steps, lr, max(1, steps // 20), floor=0.05)
         loss = tagger_loss(tagger, tagger_batch([train[i] for i in idx], tagger.config, rng), targets[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -416,7 +407,7 @@ def train_segmenter(encoder: sam.SamImageEncoder, decoder: sam.SamPromptDecoder,
             order += rng.permutation(len(train)).tolist()
         idx, order = order[:SEGMENTER_BATCH], order[SEGMENTER_BATCH:]
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, max(1, steps // 20))
+            group["lr"] = cosine_lr(step, steps, lr, max(1, steps // 20), floor=0.05)
         pixels, owners, boxes, targets = segmenter_batch([train[i] for i in idx], encoder.cfg, rng)
         loss, _ = segmenter_loss(segmenter_logits(encoder, decoder, pixels, owners, boxes), targets)
         opt.zero_grad(set_to_none=True)
@@ -665,7 +656,7 @@ def train_detector(model: gdino.GroundingDino, tokenizer, train: list[Sample], t
             break
         idx = next(batches)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, max(1, steps // 20))
+            group["lr"] = cosine_lr(step, steps, lr, max(1, steps // 20), floor=0.05)
         pixels, text, targets = detector_batch([train[i] for i in idx], model, tokenizer, tag_list, rng)
         loss, parts = detector_step_loss(model, pixels, text, targets)
         opt.zero_grad(set_to_none=True)

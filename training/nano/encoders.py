@@ -27,7 +27,7 @@ from bubogpt.config import BuboConfig
 from bubogpt.image import image_bytes_to_pixels
 from bubogpt.qformer import QFormer
 from bubogpt.vision_encoder import EvaViT
-from training.nano.language import cosine_lr
+from training.schedule import cosine_lr
 from training.nano.sketch import PAD, VOCABULARY, audio_sketch, image_sketch
 from training.world import derive_seed
 from training.world.scene import COLORS, OBJECT_KINDS, make_scene

@@ -12,20 +12,20 @@ The loss is on the answers (and the captions). After pre-training the LLM is fro
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
 from bubogpt.prompt import SYSTEM_TEXT, Turn, build_prompt, tokenize_segments
+from training.schedule import cosine_lr
 from training.nano.sketch import PAD, VOCABULARY, audio_sketch, image_sketch, word_ids
-from training.prompts import AUDIO, AUDIO_IMAGE, IMAGE, NEGATIVE, UNRELATED_STATEMENT
+from training.prompts import AUDIO, AUDIO_IMAGE, IMAGE, NEGATIVE
 from training.world import derive_seed
 from training.world import language as lang
-from training.world.scene import OBJECT_KINDS, make_scene
+from training.world.scene import make_scene
 from training.world.sound import SOUND_NAMES, SOURCE_SOUNDS, make_sound
 
 log = logging.getLogger(__name__)
@@ -170,13 +170,6 @@ def lm_loss(llm, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | N
     valid = targets != IGNORE_INDEX
     correct = (logits.argmax(-1) == targets)[valid]
     return loss, correct
-
-
-def cosine_lr(step: int, steps: int, peak: float, warmup: int, floor: float = 0.1) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def pretrain_llm(llm, train: Sequence[Example], held_out: Sequence[Example], *, steps: int, batch_size: int = 32,
