@@ -57,7 +57,7 @@ def decode_audio(data: bytes, max_seconds: float | None = None) -> tuple[np.ndar
         raise AudioDecodeError("audio is empty (0 bytes)")
     try:
         handle = sf.SoundFile(io.BytesIO(data))
-    except sf.SoundFileError as err:
+    except (sf.SoundFileError, RuntimeError, ValueError, TypeError) as err:
         # libsndfile's own message is often misleading for byte streams ("File does not exist")
         raise AudioDecodeError(
             f"not a recognised audio file ({len(data)} bytes; supported formats: "
@@ -77,7 +77,7 @@ def decode_audio(data: bytes, max_seconds: float | None = None) -> tuple[np.ndar
         try:
             # dtype float32 maps integer PCM to [-1, 1) (int16 / 32768); [frames, channels]
             samples = handle.read(dtype="float32", always_2d=True)
-        except (sf.SoundFileError, RuntimeError) as err:
+        except (sf.SoundFileError, RuntimeError, ValueError, MemoryError) as err:
             raise AudioDecodeError(f"audio file is corrupt or truncated ({handle.format}): {err}") from err
         fmt = f"{handle.format}/{handle.subtype}"
 

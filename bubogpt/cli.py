@@ -91,12 +91,13 @@ def _triton(args: argparse.Namespace) -> int:
 
     from serving.triton import TritonPorts, TritonServer
 
-    server = TritonServer(args.model_repository, TritonPorts(args.http_port, args.grpc_port, args.metrics_port), log_path=args.log)
+    server = TritonServer(args.model_repository, TritonPorts(args.http_port, args.grpc_port, args.metrics_port), log_path=args.log,
+                          host=args.host)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
-    print(f"Triton ready: gRPC {server.url_grpc}, HTTP {server.url_http}, metrics 127.0.0.1:{args.metrics_port}", flush=True)
+    print(f"Triton ready: gRPC {server.url_grpc}, HTTP {server.url_http}, metrics {args.host}:{args.metrics_port}", flush=True)
     try:
         while not stop.is_set() and server.process and server.process.poll() is None:
             stop.wait(0.5)
@@ -109,26 +110,43 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from serving.app import ServeOptions, serve
+    from serving.auth import api_key_from
 
     options = ServeOptions(
         weights=Path(args.weights) if args.weights else None, preset=args.preset, port=args.port, host=args.host,
         device=args.device, llm_engine=args.llm_engine, metrics_port=args.metrics_port or None,
         grounding=not args.no_grounding, matcher=args.matcher,
         repository=Path(args.model_repository) if args.model_repository else None,
-        repository_poll_s=args.repository_poll_secs,
+        repository_poll_s=args.repository_poll_secs, triton_host=args.triton_host,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,
+        api_key=api_key_from(args.api_key), drain_grace_s=args.drain_grace_s,
     )
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path and not Path(path).is_file():
+            raise SystemExit(f"{flag}: {path} is not a file")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("TLS needs both --tls-cert and --tls-key")
     asyncio.run(serve(options))
     return 0
+
+
+def _endpoint(args: argparse.Namespace):
+    from serving.client import Endpoint
+
+    if args.tls_ca and not Path(args.tls_ca).is_file():
+        raise SystemExit(f"--tls-ca: {args.tls_ca} is not a file")
+    return Endpoint(args.server, tls=args.tls, tls_ca=args.tls_ca, api_key=args.api_key)
 
 
 def _chat(args: argparse.Namespace) -> int:
     from serving.client import interactive_chat, main_chat
 
+    endpoint = _endpoint(args)
     if args.interactive:
-        return interactive_chat(args.server, args.image, args.audio, args.out, args.ground, args.max_new_tokens, args.temperature)
+        return interactive_chat(endpoint, args.image, args.audio, args.out, args.ground, args.max_new_tokens, args.temperature)
     if not args.text:
         raise SystemExit("give a question, or --interactive")
-    return main_chat(args.server, args.text, args.image, args.audio, args.out, args.ground, args.max_new_tokens, args.temperature)
+    return main_chat(endpoint, args.text, args.image, args.audio, args.out, args.ground, args.max_new_tokens, args.temperature)
 
 
 def _ground(args: argparse.Namespace) -> int:
@@ -185,7 +203,7 @@ def _ground_remote(args: argparse.Namespace, data: bytes) -> int:
     from serving.client import save_entity_overlay
     from serving.proto import bubo_pb2, bubo_pb2_grpc
 
-    with grpc.insecure_channel(args.server, options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]) as channel:
+    with _endpoint(args).channel() as channel:
         try:
             response = bubo_pb2_grpc.BuboStub(channel).Ground(bubo_pb2.GroundRequest(image=data, text=args.text or ""))
         except grpc.RpcError as exc:
@@ -245,6 +263,12 @@ def _reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-key", help="the server's token (default: $BUBO_API_KEY)")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
+    parser.add_argument("--tls-ca", help="connect with TLS, trusting this CA certificate (PEM)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bubo", description="BuboGPT inference service")
     parser.add_argument("--log-level", default="INFO")
@@ -291,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     triton.add_argument("--grpc-port", type=int, default=8001)
     triton.add_argument("--metrics-port", type=int, default=8002)
     triton.add_argument("--log", help="file for Triton's own log")
+    triton.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     triton.set_defaults(func=_triton)
 
     serve = sub.add_parser("serve", help="serve BuboGPT over gRPC (Triton + LLM engine + frontend)")
@@ -307,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="> 0: load new model versions written by `bubo export --update` while serving")
     serve.add_argument("--matcher", choices=("auto", "rule", "llm"), default="auto",
                        help="entity matching: rule-based, the served LLM (paper's prompt), or auto by model size")
+    serve.add_argument("--api-key", help="require `authorization: Bearer KEY` on every RPC but health (default: $BUBO_API_KEY)")
+    serve.add_argument("--tls-cert", help="serve TLS with this certificate chain (PEM)")
+    serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    serve.add_argument("--triton-host", default="127.0.0.1",
+                       help="address the Triton it starts listens on (default loopback: only this frontend calls it)")
+    serve.add_argument("--drain-grace-secs", dest="drain_grace_s", type=float, default=30.0,
+                       help="on SIGTERM, how long in-flight streams may take to finish")
     serve.set_defaults(func=_serve)
 
     chat = sub.add_parser("chat", help="ask a running server; streams the answer, lists grounded entities")
@@ -319,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--ground", action=argparse.BooleanOptionalAction, default=None, help="default: on when an image is given")
     chat.add_argument("--max-new-tokens", type=int, default=0)
     chat.add_argument("--temperature", type=float, default=0.0)
+    _connection_arguments(chat)
     chat.set_defaults(func=_chat)
 
     ground = sub.add_parser("ground", help="tags, boxes and masks for an image (matched to --text when given)")
@@ -328,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     ground.add_argument("--server", help="ask a running `bubo serve` (HOST:PORT) instead of running the models here")
     ground.add_argument("--json", action="store_true")
     ground.add_argument("--out", help="write the mask overlay here (PNG)")
+    _connection_arguments(ground)
     ground.set_defaults(func=_ground)
 
     ref = sub.add_parser("reference", help="answer with the plain PyTorch reference pipeline (no server)")

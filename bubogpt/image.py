@@ -51,6 +51,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     except (OSError, SyntaxError, ValueError) as exc:
         # PIL reports unknown formats, truncation and corrupt streams as OSError/SyntaxError.
         raise ImageDecodeError(f"image could not be decoded: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - PIL's plugins raise what they raise (struct.error, EOFError, ...) on corrupt data
+        raise ImageDecodeError(f"image could not be decoded: {type(exc).__name__}: {exc}") from None
     image = ImageOps.exif_transpose(image)
     return to_rgb(image)
 

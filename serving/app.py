@@ -2,7 +2,9 @@
 
 With no arguments it serves the built-in nano model on CPU. The Triton model repository for a model
 directory is exported once and cached (keyed by the weights and the export code), so later starts
-skip the export.
+skip the export. Everything it starts listens on loopback unless told otherwise; a supervisor
+(serving/supervisor.py) keeps Triton and the LLM engine running and the health service truthful.
+SIGTERM drains: health goes NOT_SERVING, new requests get UNAVAILABLE, in-flight streams finish.
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ class ServeOptions:
     matcher: str = "auto"
     # > 0: Triton polls the repository and loads new versions (`bubo export --update`) while serving
     repository_poll_s: int = 0
+    # the address the Triton we start listens on (its gRPC, HTTP and metrics ports); loopback keeps the
+    # encoders private to this frontend
+    triton_host: str = "127.0.0.1"
+    # security: TLS for the frontend (PEM files) and a shared token (`authorization: Bearer`)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    api_key: str | None = None
+    # reliability: restart Triton / the LLM engine when they fail; seconds in-flight streams get on SIGTERM
+    supervise: bool = True
+    drain_grace_s: float = 30.0
 
 
 def free_port() -> int:
@@ -91,18 +103,24 @@ class Stack:
         self.options = options
         self.triton: TritonServer | None = None
         self.engine = None
+        self.triton_client = None
         self.encoders = None
         self.service = None
         self.server = None
+        self.supervisor = None
+        self.parts: dict = {}
+        self.hurry = asyncio.Event()  # set: stop without waiting for in-flight streams
         self.port: int | None = None
 
     async def start(self) -> "Stack":
         from bubogpt.weights import llm_dir, read_config
         from serving.encoders import TritonEncoders
         from serving.grounding_client import make_grounder
-        from serving.llm_engine import create_engine
+        from serving.llm_engine import VLLMEngine, create_engine
         from serving.metrics import ServerMetrics
         from serving.server import BuboService, Limits, start_server
+        from serving.supervisor import EngineWatch, Part, Supervisor, TritonWatch
+        from serving.triton_client import TritonClient, triton_part
 
         options = self.options
         if options.weights is None:
@@ -114,25 +132,42 @@ class Stack:
         self.cfg = cfg = read_config(model_dir)
         if options.preset and options.preset != cfg.name:
             raise SystemExit(f"{model_dir} holds a {cfg.name} model, not {options.preset}")
+        tls = None
+        if options.tls_cert or options.tls_key:
+            if not (options.tls_cert and options.tls_key):
+                raise SystemExit("TLS needs both --tls-cert and --tls-key")
+            tls = (Path(options.tls_cert).read_bytes(), Path(options.tls_key).read_bytes())
         repository = await asyncio.to_thread(ensure_repository, model_dir, options)
         engine_kwargs = {"kv_cache_gib": options.kv_cache_gib} if options.llm_engine == "vllm" else {}
         self.engine = create_engine(options.llm_engine, llm_dir(model_dir), cfg.vision_qformer.num_queries, **engine_kwargs)
+        if isinstance(self.engine, VLLMEngine) and options.supervise:
+            self.engine.restart_on_failure = False  # the supervisor restarts it, with backoff
         try:
             # Triton and the LLM engine start in parallel: both take seconds
             await asyncio.gather(asyncio.to_thread(self._start_triton, repository), self.engine.start())
-            self.encoders = TritonEncoders(
-                self.triton.url_grpc, version_check_s=float(options.repository_poll_s) if options.repository_poll_s else None
-            )
-            grounder = make_grounder(self.triton.url_grpc, repository) if options.grounding else None
             metrics = ServerMetrics()
+            self.parts = {"triton": triton_part(), "llm": Part("llm", "the LLM engine")}
+            self.triton_client = TritonClient(self.triton.url_grpc, part=self.parts["triton"])
+            metrics.triton_calls.set_function(lambda: self.triton_client.in_flight if self.triton_client else 0)
+            self.encoders = TritonEncoders(
+                self.triton_client, version_check_s=float(options.repository_poll_s) if options.repository_poll_s else None
+            )
+            grounder = make_grounder(self.triton_client, repository) if options.grounding else None
             if options.metrics_port:
                 metrics.serve(options.metrics_port, options.host)
             self.service = BuboService(self.encoders, self.engine, grounder=grounder, matcher=self._matcher(),
-                                       limits=Limits(max_concurrent_streams=options.max_concurrent_streams), metrics=metrics)
-            self.server = await start_server(self.service, options.port, options.host)
+                                       limits=Limits(max_concurrent_streams=options.max_concurrent_streams), metrics=metrics,
+                                       parts=self.parts)
+            self.server = await start_server(self.service, options.port, options.host, tls=tls, api_key=options.api_key)
             self.port = self.server.bound_port
+            if options.supervise:
+                watched = [TritonWatch(self.triton, self.parts["triton"])]
+                if isinstance(self.engine, VLLMEngine):
+                    watched.append(EngineWatch(self.engine, self.parts["llm"]))
+                self.supervisor = Supervisor(watched, metrics=metrics, on_change=self.server.health.refresh)
+                self.supervisor.start()
         except BaseException:
-            await self.stop()
+            await self.stop(grace_s=0)
             raise
         return self
 
@@ -144,7 +179,7 @@ class Stack:
         for attempt in range(attempts):
             ports = options.triton_ports or TritonPorts(free_port(), free_port(), free_port())
             self.triton = TritonServer(repository, ports, log_path=options.cache_dir / "logs" / "triton.log",
-                                       poll_secs=options.repository_poll_s)
+                                       poll_secs=options.repository_poll_s, host=options.triton_host)
             try:
                 self.triton.start(300.0)
                 return
@@ -168,22 +203,30 @@ class Stack:
 
     def banner(self) -> str:
         o, t = self.options, self.triton
+        security = ("TLS" if o.tls_cert else "plaintext") + (", token required" if o.api_key else ", no token")
         return (
-            f"BuboGPT ({self.cfg.name}) serving on {o.host}:{self.port} (gRPC bubo.v1.Bubo)\n"
-            f"  Triton: gRPC {t.url_grpc}, HTTP {t.url_http}, metrics 127.0.0.1:{t.ports.metrics}\n"
+            f"BuboGPT ({self.cfg.name}) serving on {o.host}:{self.port} (gRPC bubo.v1.Bubo; {security})\n"
+            f"  Triton: gRPC {t.url_grpc}, HTTP {t.url_http}, metrics {t.host}:{t.ports.metrics}\n"
             f"  LLM engine: {o.llm_engine}"
             + (f"\n  metrics: http://{o.host}:{o.metrics_port}/metrics" if o.metrics_port else "")
             + ("\n  grounding: on" if self.service.grounder else "\n  grounding: off (no grounding models in the repository)")
+            + ("\n  supervision: Triton and the LLM engine are restarted when they fail" if self.supervisor else "")
         )
 
-    async def stop(self, grace_s: float = 30.0) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drains the frontend (up to `grace_s`, default the options' drain grace), then stops the parts."""
         from serving.server import stop_server
 
+        grace_s = self.options.drain_grace_s if grace_s is None else grace_s
         if self.server is not None:
-            await stop_server(self.server, grace_s)
+            await stop_server(self.server, grace_s, self.hurry)
             self.server = None
-        if self.encoders is not None:
-            await self.encoders.close()
+        if self.supervisor is not None:
+            await self.supervisor.stop()  # before the parts stop: it would restart them
+            self.supervisor = None
+        if self.triton_client is not None:
+            await self.triton_client.close()
+            self.triton_client = None
             self.encoders = None
         if self.engine is not None:
             await self.engine.stop()
@@ -195,16 +238,27 @@ class Stack:
 
 
 async def serve(options: ServeOptions) -> None:
-    """Runs the stack until SIGINT/SIGTERM, then drains in-flight streams and stops everything."""
+    """Runs the stack until SIGINT/SIGTERM, then drains in-flight streams and stops everything; a
+    second signal cuts the drain short."""
     stop = asyncio.Event()
+    signals = 0
+    stack = Stack(options)
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        stop.set()
+        if signals > 1:
+            log.warning("second signal: stopping without waiting for in-flight streams")
+            stack.hurry.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    stack = Stack(options)
+        loop.add_signal_handler(sig, on_signal)
     await stack.start()
     try:
         print(stack.banner(), flush=True)
         await stop.wait()
-        log.info("shutting down: draining in-flight streams")
+        log.info("shutting down: draining in-flight streams (up to %.0f s)", options.drain_grace_s)
     finally:
         await stack.stop()

@@ -3,13 +3,63 @@ entities and writes the mask overlay."""
 
 from __future__ import annotations
 
+import collections
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
+from serving.auth import api_key_from
 from serving.proto import bubo_pb2, bubo_pb2_grpc
+
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a `bubo serve` listens and how to reach it."""
+
+    address: str = "127.0.0.1:50051"
+    tls: bool = False  # TLS, trusting the system's roots (or `tls_ca`)
+    tls_ca: str | None = None  # PEM file of the CA that signed the server's certificate (implies TLS)
+    api_key: str | None = None  # the server's token; default: $BUBO_API_KEY
+
+    def channel(self) -> grpc.Channel:
+        if self.tls or self.tls_ca:
+            roots = Path(self.tls_ca).read_bytes() if self.tls_ca else None
+            channel = grpc.secure_channel(self.address, grpc.ssl_channel_credentials(root_certificates=roots), CHANNEL_OPTIONS)
+        else:
+            channel = grpc.insecure_channel(self.address, CHANNEL_OPTIONS)
+        key = api_key_from(self.api_key)
+        return grpc.intercept_channel(channel, _Bearer(key)) if key else channel
+
+
+class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+                   grpc.ClientCallDetails):
+    pass
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <key>` to every call (plaintext channels cannot carry call credentials)."""
+
+    def __init__(self, key: str):
+        self.header = ("authorization", f"Bearer {key}")
+
+    def _details(self, details):
+        metadata = list(details.metadata or ()) + [self.header]
+        return _CallDetails(details.method, details.timeout, metadata, details.credentials,
+                            getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+
+def as_endpoint(server: "str | Endpoint") -> Endpoint:
+    return server if isinstance(server, Endpoint) else Endpoint(server)
 
 
 @dataclass
@@ -48,7 +98,7 @@ def collect(events, on_delta=None) -> ChatResult:
     return result
 
 
-def main_chat(server: str, text: str, image: str | None, audio: str | None, out: str | None, ground: bool | None,
+def main_chat(server: str | Endpoint, text: str, image: str | None, audio: str | None, out: str | None, ground: bool | None,
               max_new_tokens: int, temperature: float) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -57,7 +107,7 @@ def main_chat(server: str, text: str, image: str | None, audio: str | None, out:
     audio_bytes = Path(audio).read_bytes() if audio else b""
     ground = bool(image_bytes) if ground is None else ground
     request = chat_request(text, image_bytes, audio_bytes, ground=ground, max_new_tokens=max_new_tokens, temperature=temperature)
-    with grpc.insecure_channel(server, options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]) as channel:
+    with as_endpoint(server).channel() as channel:
         stub = bubo_pb2_grpc.BuboStub(channel)
         write = lambda t: (sys.stdout.write(t), sys.stdout.flush())  # noqa: E731
         try:
@@ -92,7 +142,7 @@ def main_chat(server: str, text: str, image: str | None, audio: str | None, out:
     return 0
 
 
-def interactive_chat(server: str, image: str | None, audio: str | None, out: str | None, ground: bool | None,
+def interactive_chat(server: str | Endpoint, image: str | None, audio: str | None, out: str | None, ground: bool | None,
                      max_new_tokens: int, temperature: float, lines=None) -> int:
     """A conversation on the terminal: each line is a question, the answers stream in, the history and
     the attached image/audio carry over (the server's embedding cache makes later turns cheap)."""
@@ -102,7 +152,7 @@ def interactive_chat(server: str, image: str | None, audio: str | None, out: str
     history: list[tuple[str, str]] = []
     lines = lines if lines is not None else _stdin_lines()
     write = lambda t: (sys.stdout.write(t), sys.stdout.flush())  # noqa: E731
-    with grpc.insecure_channel(server, options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]) as channel:
+    with as_endpoint(server).channel() as channel:
         stub = bubo_pb2_grpc.BuboStub(channel)
         for turn, text in enumerate(lines):
             text = text.strip()

@@ -1,7 +1,7 @@
 """Image and audio embeddings from the Triton ensembles, cached by content hash.
 
 Later turns of a chat about the same image skip the encoders; concurrent requests for the same bytes
-share one Triton call.
+share one Triton call, and a call whose requests were all cancelled still lands in the cache.
 """
 
 from __future__ import annotations
@@ -15,17 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from serving.triton_client import TritonClient
+
 log = logging.getLogger(__name__)
 
 ENSEMBLES = {"image": ("image_embed", "IMAGE"), "audio": ("audio_embed", "AUDIO")}
-
-
-class InputError(ValueError):
-    """The payload itself is bad (not decodable, too large...); the message names the field."""
-
-
-class EncoderUnavailable(RuntimeError):
-    """Triton failed for a reason that is not the client's fault."""
 
 
 @dataclass
@@ -34,19 +28,19 @@ class CacheStats:
     misses: int = 0
 
 
-class EmbeddingCache:
-    """Bounded LRU of [32, hidden] embeddings keyed by sha256(modality, bytes)."""
+class ContentCache:
+    """Bounded LRU keyed by sha256(kind, bytes): embeddings ([32, hidden] tensors), grounding results."""
 
     def __init__(self, max_entries: int = 512):
         self.max_entries = max_entries
-        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._items: OrderedDict[str, object] = OrderedDict()
         self.stats = CacheStats()
 
     @staticmethod
-    def key(modality: str, data: bytes) -> str:
-        return hashlib.sha256(modality.encode() + b"\0" + data).hexdigest()
+    def key(kind: str, data: bytes) -> str:
+        return hashlib.sha256(kind.encode() + b"\0" + data).hexdigest()
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str):
         value = self._items.get(key)
         if value is None:
             self.stats.misses += 1
@@ -55,7 +49,7 @@ class EmbeddingCache:
         self.stats.hits += 1
         return value
 
-    def put(self, key: str, value: torch.Tensor) -> None:
+    def put(self, key: str, value) -> None:
         if self.max_entries <= 0:
             return
         self._items[key] = value
@@ -70,25 +64,50 @@ class EmbeddingCache:
         self._items.clear()
 
 
+class CachedCalls:
+    """Triton calls keyed by content: a cached result is served at once, a call in flight for the same
+    bytes is shared, and a finished call lands in the cache even when everyone who asked for it left."""
+
+    def __init__(self, triton: TritonClient, cache: ContentCache):
+        self.triton = triton
+        self.cache = cache
+        self._inflight: dict[str, asyncio.Task] = {}
+
+    async def get(self, key: str, submit, what: str):
+        """(result, cache_hit); `submit()` starts the Triton call when there is nothing to share."""
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached, True
+        task = self._inflight.get(key)
+        shared = task is not None
+        if task is None:
+            task = submit()
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._landed(key, t))
+        return await self.triton.part.guard(task, self.triton.wait_s, what), shared
+
+    def _landed(self, key: str, task: asyncio.Task) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled() and task.exception() is None:
+            self.cache.put(key, task.result())
+
+
 class TritonEncoders:
     """Embeddings through the ensembles. When the repository is polled for new weights, the loaded
     model versions are checked every `version_check_s` seconds and the cache is emptied when they
     change, so no embedding of the old weights is served after that window."""
 
-    def __init__(self, url: str, cache_entries: int = 512, timeout_s: float = 120.0, version_check_s: float | None = None):
-        import tritonclient.grpc.aio as grpcclient
-
-        self._grpcclient = grpcclient
-        self.client = grpcclient.InferenceServerClient(url)
-        self.cache = EmbeddingCache(cache_entries)
-        self.timeout_s = timeout_s
-        self._inflight: dict[str, asyncio.Future] = {}
+    def __init__(self, triton: TritonClient, cache_entries: int = 512, version_check_s: float | None = None):
+        self.triton = triton
+        self.cache = ContentCache(cache_entries)
+        self._calls = CachedCalls(triton, self.cache)
         self.version_check_s = version_check_s
         self._versions: tuple | None = None
         self._checked_at = float("-inf")
 
     async def loaded_versions(self) -> tuple:
-        index = await self.client.get_model_repository_index(as_json=True)
+        index = await self.triton.client.get_model_repository_index(as_json=True, client_timeout=5.0)
         return tuple(sorted((m["name"], m.get("version", "")) for m in index.get("models", []) if m.get("state") == "READY"))
 
     async def _check_versions(self) -> None:
@@ -98,51 +117,29 @@ class TritonEncoders:
         if self.version_check_s is None or now - self._checked_at < self.version_check_s:
             return
         self._checked_at = now
-        versions = await self.loaded_versions()
+        try:
+            versions = await self.loaded_versions()
+        except Exception as exc:  # noqa: BLE001 - Triton busy or restarting: check again next window
+            log.warning("could not read Triton's model versions: %s", exc)
+            return
         if self._versions is not None and versions != self._versions:
             log.info("model versions changed: emptying the embedding cache (%d entries)", len(self.cache))
             self.cache.clear()
         self._versions = versions
 
-    async def close(self) -> None:
-        await self.client.close()
-
     async def embed(self, modality: str, data: bytes) -> tuple[torch.Tensor, bool]:
         """Returns ([num_queries, hidden] embeddings, cache_hit)."""
+        self.triton.part.require()
         await self._check_versions()
-        key = EmbeddingCache.key(modality, data)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached, True
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending), True
-        future = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            value = await self._infer(modality, data)
-            self.cache.put(key, value)
-            future.set_result(value)
-            return value, False
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: a failure nobody else awaited is not an error
-            raise
-        finally:
-            self._inflight.pop(key, None)
-
-    async def _infer(self, modality: str, data: bytes) -> torch.Tensor:
-        from tritonclient.utils import InferenceServerException
-
         model, input_name = ENSEMBLES[modality]
-        tensor = self._grpcclient.InferInput(input_name, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[data]], dtype=object))
-        try:
-            result = await self.client.infer(model, [tensor], client_timeout=self.timeout_s)
-        except InferenceServerException as exc:
-            message = exc.message() or str(exc)
-            marker = f"{input_name}: "
-            if marker in message:  # our preprocessing models prefix bad-input errors with the input name
-                raise InputError(f"{modality}: {message.split(marker, 1)[1]}") from None
-            raise EncoderUnavailable(f"{model} failed: {message}") from None
-        return torch.from_numpy(result.as_numpy("EMBEDS")[0].copy())
+
+        def submit():
+            tensor = self.triton.grpcclient.InferInput(input_name, [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[data]], dtype=object))
+            return self.triton.submit(model, [tensor], _embeds, {input_name: modality})
+
+        return await self._calls.get(ContentCache.key(modality, data), submit, f"the {modality} embedding")
+
+
+def _embeds(result) -> torch.Tensor:
+    return torch.from_numpy(result.as_numpy("EMBEDS")[0].copy())

@@ -11,7 +11,9 @@ Two engines share one interface:
 
 Everything is validated before it reaches vLLM: vLLM does not check prompt_embeds, and one tensor
 of the wrong width kills its engine for every later request. If the engine dies anyway, the
-adapter reports it to the requests in flight and starts a new one.
+requests in flight get PartUnavailable("llm") and a new engine is started, off the event loop (a
+thread), so the frontend keeps answering meanwhile: by the engine itself (`restart_on_failure`,
+standalone use) or by `serving.supervisor` (`bubo serve`).
 """
 
 from __future__ import annotations
@@ -42,8 +44,17 @@ from bubogpt.prompt import (
     truncate_at_stop,
 )
 from bubogpt.tokenizer import load_tokenizer
+from serving.errors import InvalidArgument, PartUnavailable
 
 log = logging.getLogger(__name__)
+_background: set[asyncio.Task] = set()  # strong references to fire-and-forget tasks
+
+
+def _cmdline(process) -> list[str]:
+    try:
+        return process.cmdline()
+    except Exception:  # noqa: BLE001 - gone or not ours
+        return []
 
 # Why the "mm" route (an out-of-tree multimodal model, serving/vllm_plugin.py), measured side by
 # side with `python -m benchmarks.injection_routes` (benchmarks/results/injection_routes.md):
@@ -58,14 +69,6 @@ INJECTION_ROUTE = "mm"
 ROUTES = ("embeds", "mixed", "mm")
 
 
-class EngineRequestError(ValueError):
-    """A request the engine refuses; the message starts with the offending field."""
-
-
-class EngineUnavailable(RuntimeError):
-    """The engine failed (and is being restarted); the request was not completed."""
-
-
 @dataclass(frozen=True)
 class SamplingOptions:
     temperature: float = 0.0  # 0 = greedy
@@ -75,13 +78,13 @@ class SamplingOptions:
 
     def validate(self) -> None:
         if not (0.0 <= self.temperature <= 5.0) or self.temperature != self.temperature:
-            raise EngineRequestError(f"sampling.temperature: must be in [0, 5], got {self.temperature}")
+            raise InvalidArgument(f"sampling.temperature: must be in [0, 5], got {self.temperature}")
         if not (0.0 < self.top_p <= 1.0):
-            raise EngineRequestError(f"sampling.top_p: must be in (0, 1], got {self.top_p}")
+            raise InvalidArgument(f"sampling.top_p: must be in (0, 1], got {self.top_p}")
         if not (1 <= self.max_new_tokens <= 8192):
-            raise EngineRequestError(f"sampling.max_new_tokens: must be in [1, 8192], got {self.max_new_tokens}")
+            raise InvalidArgument(f"sampling.max_new_tokens: must be in [1, 8192], got {self.max_new_tokens}")
         if self.seed is not None and not (0 <= self.seed < 2**63):
-            raise EngineRequestError(f"sampling.seed: must be in [0, 2^63), got {self.seed}")
+            raise InvalidArgument(f"sampling.seed: must be in [0, 2^63), got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -153,22 +156,22 @@ class EngineBase:
             where = f"{item.modality}_embeddings" if item.modality in ("image", "audio") else f"modalities[{i}]"
             embeds = item.embeds
             if not isinstance(embeds, torch.Tensor):
-                raise EngineRequestError(f"{where}: expected a tensor, got {type(embeds).__name__}")
+                raise InvalidArgument(f"{where}: expected a tensor, got {type(embeds).__name__}")
             if not embeds.dtype.is_floating_point:
-                raise EngineRequestError(f"{where}: dtype must be floating point, got {embeds.dtype}")
+                raise InvalidArgument(f"{where}: dtype must be floating point, got {embeds.dtype}")
             if tuple(embeds.shape) != (self.num_query_tokens, hidden):
-                raise EngineRequestError(
+                raise InvalidArgument(
                     f"{where}: shape must be [{self.num_query_tokens}, {hidden}], got {list(embeds.shape)}"
                 )
             if not bool(torch.isfinite(embeds).all()):
-                raise EngineRequestError(f"{where}: contains NaN or infinite values")
+                raise InvalidArgument(f"{where}: contains NaN or infinite values")
         try:
             prompt = build_prompt(turns, [m.modality for m in modalities])
         except PromptError as exc:
-            raise EngineRequestError(str(exc)) from None
+            raise InvalidArgument(str(exc)) from None
         layout = layout_prompt(self.tokenizer, prompt, self.num_query_tokens, fill_id=self.tokenizer.pad_token_id or 0)
         if len(layout) >= self.context:
-            raise EngineRequestError(
+            raise InvalidArgument(
                 f"turns: the prompt takes {len(layout)} positions, the model's context is {self.context}"
             )
         embeds = splice_embeddings(layout, [m.embeds.float() for m in modalities], self.embed_table)
@@ -216,6 +219,7 @@ class VLLMEngine(EngineBase):
         self.restart_on_failure = restart_on_failure
         self.engine = None
         self.restarts = 0
+        self.restarting = False
         self._restart_lock = asyncio.Lock()
 
     def _engine_args(self):
@@ -248,30 +252,71 @@ class VLLMEngine(EngineBase):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         start = time.perf_counter()
-        self.engine = AsyncLLM.from_engine_args(self._engine_args())
+        # In a thread: building the engine takes seconds (its engine core process loads and warms up the
+        # model) and must not stall the event loop. AsyncLLM starts its output handler lazily, on the
+        # loop of the first request, when it is built outside a running loop.
+        self.engine = await asyncio.to_thread(AsyncLLM.from_engine_args, self._engine_args())
         log.info("vLLM engine ready in %.1f s (route %s)", time.perf_counter() - start, self.route)
 
     async def stop(self) -> None:
         if self.engine is not None:
-            self.engine.shutdown()
-            self.engine = None
+            engine, self.engine = self.engine, None
+            self._fail_in_flight(engine)
+            engine.shutdown()
 
     @property
     def num_unfinished(self) -> int:
         return 0 if self.engine is None else self.engine.output_processor.get_num_unfinished_requests()
 
-    async def _restart(self, failed_engine) -> None:
+    @property
+    def engine_core_pids(self) -> list[int]:
+        """Process ids of the engine core (what a fault test kills)."""
+        import psutil
+
+        if self.engine is None:
+            return []
+        return [p.pid for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(_cmdline(p))]
+
+    def problem(self) -> str | None:
+        """None while the engine serves; otherwise what is wrong with it."""
+        if self.restarting:
+            return "the LLM engine is restarting"
+        if self.engine is None:
+            return "the LLM engine is not running"
+        if self.engine.errored:
+            return "the LLM engine core died"
+        return None
+
+    @staticmethod
+    def _fail_in_flight(engine) -> None:
+        """Wakes every request still waiting on `engine` with EngineDeadError: a shut-down engine
+        no longer feeds their output queues, and they would wait forever."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            engine.output_processor.propagate_error(EngineDeadError())
+        except Exception:  # noqa: BLE001 - best effort on an engine that is already broken
+            log.exception("could not fail the dead engine's requests")
+
+    async def restart(self, failed_engine=None) -> None:
+        """Replaces the engine (`failed_engine`: only if it is still the current one). The new engine
+        is built in a thread; requests meanwhile get PartUnavailable."""
         async with self._restart_lock:
-            if self.engine is not failed_engine:
-                return  # someone else restarted it already
-            log.error("vLLM engine died; restarting it")
+            if failed_engine is not None and self.engine is not failed_engine:
+                return  # replaced already
+            old, self.engine = self.engine, None
+            self.restarting = True
             try:
-                failed_engine.shutdown()
-            except Exception:  # noqa: BLE001 - a dead engine may fail to shut down; we replace it anyway
-                log.exception("shutting down the dead engine failed")
-            self.engine = None
-            self.restarts += 1
-            await self.start()
+                if old is not None:
+                    self._fail_in_flight(old)
+                    try:
+                        await asyncio.to_thread(old.shutdown)
+                    except Exception:  # noqa: BLE001 - a dead engine may fail to shut down; it is replaced anyway
+                        log.exception("shutting down the old engine failed")
+                await self.start()
+                self.restarts += 1
+            finally:
+                self.restarting = False
 
     @property
     def placeholder_id(self) -> int:
@@ -303,8 +348,9 @@ class VLLMEngine(EngineBase):
         from vllm.v1.engine.exceptions import EngineDeadError
 
         prepared = self.prepare(turns, modalities, sampling)
-        if self.engine is None:
-            raise EngineUnavailable("the LLM engine is not running")
+        problem = self.problem()
+        if problem is not None:
+            raise PartUnavailable("llm", f"{problem}; retry shortly")
         engine = self.engine
         request_id = request_id or uuid.uuid4().hex
         params = SamplingParams(
@@ -339,10 +385,12 @@ class VLLMEngine(EngineBase):
             tail = stream.flush()
             if tail:
                 yield TextDelta(text=tail, token_ids=[])
-        except EngineDeadError as exc:
+        except EngineDeadError:
             if self.restart_on_failure:
-                asyncio.get_running_loop().create_task(self._restart(engine))
-            raise EngineUnavailable(f"the LLM engine failed ({exc}); it is being restarted") from None
+                task = asyncio.get_running_loop().create_task(self.restart(engine))
+                _background.add(task)
+                task.add_done_callback(_background.discard)
+            raise PartUnavailable("llm", "the LLM engine failed during this request; it is being restarted") from None
         finally:
             if not finished:
                 # cancelled by the caller (or failed): free the engine slot now
@@ -409,7 +457,7 @@ class TorchEngine(EngineBase):
     ) -> AsyncIterator[TextDelta | Finished]:
         prepared = self.prepare(turns, modalities, sampling)
         if self.model is None:
-            raise EngineUnavailable("the LLM engine is not running")
+            raise PartUnavailable("llm", "the LLM engine is not running")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()
@@ -434,7 +482,7 @@ class TorchEngine(EngineBase):
                     if tail:
                         yield TextDelta(text=tail, token_ids=[])
                 elif kind == "error":
-                    raise EngineUnavailable(f"the PyTorch engine failed: {value}")
+                    raise PartUnavailable("llm", f"the PyTorch engine failed: {value}")
         finally:
             cancelled.set()
             await worker

@@ -19,6 +19,11 @@ class ServerMetrics:
         self.tokens = Counter("bubo_tokens", "tokens processed", ["kind"], registry=r)
         self.cache = Counter("bubo_embedding_cache", "embedding cache lookups", ["modality", "result"], registry=r)
         self.active = Gauge("bubo_active_streams", "Chat streams in progress", registry=r)
+        # supervision (serving/supervisor.py)
+        self.part_up = Gauge("bubo_part_up", "1 while the part (triton, llm) is up, 0 while it is down", ["part"], registry=r)
+        self.restarts = Counter("bubo_part_restarts", "restarts of a part by the frontend's supervisor", ["part"], registry=r)
+        self.triton_calls = Gauge("bubo_triton_calls_in_flight",
+                                  "Triton calls not answered yet, including those of requests that went away", registry=r)
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()

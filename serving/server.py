@@ -2,14 +2,17 @@
 grounds the answer.
 
 Per Chat request:
-  1. validate every field (INVALID_ARGUMENT naming the field) and take a stream slot
+  1. refuse when draining (UNAVAILABLE), validate every field (INVALID_ARGUMENT naming the field),
+     check that the parts it needs are up (UNAVAILABLE naming the part) and take a stream slot
      (RESOURCE_EXHAUSTED when all are taken);
   2. grounding of the image starts at once, in the background;
   3. image/audio embeddings from the Triton ensembles (content-hash cache), concurrently;
   4. token deltas streamed from the LLM engine as they come;
   5. when the answer is complete: entity matching, one event per grounded entity;
   6. a Done event with the finish reason, token counts and timings.
-A client that cancels or disconnects aborts its generation and its grounding.
+A client that cancels, disconnects or runs out of deadline aborts its generation; its Triton calls
+run to their end (cancelling them can crash Triton: serving/triton_client.py) and land in the cache.
+Every failure is answered through one table (serving/errors.py): never UNKNOWN.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from bubogpt.grounding.matching import EntityMatcher, RuleEntityMatcher
 from bubogpt.grounding.pipeline import GroundingResult
 from bubogpt.grounding.schema import GroundedEntity
 from bubogpt.prompt import Turn
-from serving.encoders import EncoderUnavailable, InputError, TritonEncoders
-from serving.llm_engine import EngineBase, EngineRequestError, EngineUnavailable, ModalityEmbeds, SamplingOptions, TextDelta
+from serving.encoders import TritonEncoders
+from serving.errors import InvalidArgument, Overloaded, RequestTimeout, ShuttingDown, Unsupported, status_of
+from serving.llm_engine import EngineBase, ModalityEmbeds, SamplingOptions, TextDelta
 from serving.metrics import ServerMetrics
 from serving.proto import bubo_pb2, bubo_pb2_grpc
+from serving.supervisor import Part
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ class Limits:
     max_audio_bytes: int = 50 * 1024 * 1024
     max_turns: int = 64
     max_turn_chars: int = 16_000
+    max_total_chars: int = 64_000  # all turns together: refused before any tokenizing
     max_new_tokens: int = 1024
     default_max_new_tokens: int = 256
     max_concurrent_streams: int = 64
@@ -51,49 +57,49 @@ class Grounder(Protocol):
     async def ground(self, image: bytes) -> GroundingResult: ...
 
 
-class RequestError(ValueError):
-    pass
-
-
 ROLES = {bubo_pb2.ROLE_USER: "user", bubo_pb2.ROLE_ASSISTANT: "assistant"}
 
 
 def validate_chat(request, limits: Limits) -> tuple[list[Turn], SamplingOptions]:
     if not request.turns:
-        raise RequestError("turns: at least one user turn is required")
+        raise InvalidArgument("turns: at least one user turn is required")
     if len(request.turns) > limits.max_turns:
-        raise RequestError(f"turns: {len(request.turns)} turns, the limit is {limits.max_turns}")
+        raise InvalidArgument(f"turns: {len(request.turns)} turns, the limit is {limits.max_turns}")
+    total = sum(len(turn.text) for turn in request.turns)
+    if total > limits.max_total_chars:
+        raise InvalidArgument(f"turns: {total} characters in all, the limit is {limits.max_total_chars}")
     turns = []
     for i, turn in enumerate(request.turns):
         if turn.role not in ROLES:
-            raise RequestError(f"turns[{i}].role: must be ROLE_USER or ROLE_ASSISTANT")
+            raise InvalidArgument(f"turns[{i}].role: must be ROLE_USER or ROLE_ASSISTANT")
         if len(turn.text) > limits.max_turn_chars:
-            raise RequestError(f"turns[{i}].text: {len(turn.text)} characters, the limit is {limits.max_turn_chars}")
+            raise InvalidArgument(f"turns[{i}].text: {len(turn.text)} characters, the limit is {limits.max_turn_chars}")
         # an empty first question is fine when an image or audio is attached ("tell me about it")
         if not turn.text.strip() and not (i == 0 and (request.image or request.audio)):
-            raise RequestError(f"turns[{i}].text: empty")
+            raise InvalidArgument(f"turns[{i}].text: empty")
         turns.append(Turn(ROLES[turn.role], turn.text))
-    if len(request.image) > limits.max_image_bytes:
-        raise RequestError(f"image: {len(request.image)} bytes, the limit is {limits.max_image_bytes}")
-    if len(request.audio) > limits.max_audio_bytes:
-        raise RequestError(f"audio: {len(request.audio)} bytes, the limit is {limits.max_audio_bytes}")
+    validate_media(request.image, request.audio, limits)
     if request.ground and not request.image:
-        raise RequestError("ground: grounding needs an image")
+        raise InvalidArgument("ground: grounding needs an image")
     sampling = request.sampling
     max_new = sampling.max_new_tokens or limits.default_max_new_tokens
     if max_new > limits.max_new_tokens:
-        raise RequestError(f"sampling.max_new_tokens: {max_new}, the limit is {limits.max_new_tokens}")
+        raise InvalidArgument(f"sampling.max_new_tokens: {max_new}, the limit is {limits.max_new_tokens}")
     options = SamplingOptions(
         temperature=sampling.temperature,
         top_p=sampling.top_p or 1.0,
         max_new_tokens=max_new,
         seed=sampling.seed if sampling.HasField("seed") else None,
     )
-    try:
-        options.validate()
-    except EngineRequestError as exc:
-        raise RequestError(str(exc)) from None
+    options.validate()
     return turns, options
+
+
+def validate_media(image: bytes, audio: bytes, limits: Limits) -> None:
+    if len(image) > limits.max_image_bytes:
+        raise InvalidArgument(f"image: {len(image)} bytes, the limit is {limits.max_image_bytes}")
+    if len(audio) > limits.max_audio_bytes:
+        raise InvalidArgument(f"audio: {len(audio)} bytes, the limit is {limits.max_audio_bytes}")
 
 
 def entity_message(entity: GroundedEntity, phrase: str = "", start: int = 0, end: int = 0):
@@ -115,6 +121,7 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
         matcher: EntityMatcher | None = None,
         limits: Limits = Limits(),
         metrics: ServerMetrics | None = None,
+        parts: dict[str, Part] | None = None,
     ):
         self.encoders = encoders
         self.engine = engine
@@ -122,13 +129,127 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
         self.matcher = matcher or RuleEntityMatcher()
         self.limits = limits
         self.metrics = metrics or ServerMetrics()
+        parts = parts or {}
+        self.triton = parts.get("triton") or encoders.triton.part
+        self.llm = parts.get("llm") or Part("llm", "the LLM engine")
         self.active_streams = 0
+        self.in_flight = 0  # Chat and Ground RPCs being answered (what a drain waits for)
+        self.draining = False
 
-    # -- helpers ---------------------------------------------------------------------------------
+    # -- one way to fail ---------------------------------------------------------------------------
 
-    async def _fail(self, context, method: str, code: grpc.StatusCode, message: str, start: float):
-        self.metrics.observe_request(method, code.name, time.perf_counter() - start)
-        await context.abort(code, message)
+    def _failure(self, exc: BaseException, method: str, request_id: str) -> tuple[grpc.StatusCode, str]:
+        code, _, message = status_of(exc, request_id)
+        if code == grpc.StatusCode.INTERNAL:
+            log.error("%s failed", method, exc_info=exc, extra={"request_id": request_id})
+        else:
+            log.info("%s refused: %s %s", method, code.name, message, extra={"request_id": request_id})
+        return code, message
+
+    def _inner_cancel(self) -> bool:
+        """A CancelledError that is not this RPC being cancelled (the client went away) came from a part."""
+        task = asyncio.current_task()
+        return task is not None and not task.cancelling()
+
+    # -- Chat -------------------------------------------------------------------------------------
+
+    async def Chat(self, request, context):
+        start = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        code = grpc.StatusCode.OK
+        self.in_flight += 1
+        try:
+            async for event in self._chat(request, request_id, start):
+                yield event
+        except asyncio.CancelledError as exc:
+            if not self._inner_cancel():
+                code = grpc.StatusCode.CANCELLED
+                log.info("chat cancelled by the client", extra={"request_id": request_id})
+                raise
+            code, message = self._failure(exc, "Chat", request_id)
+            await context.abort(code, message)
+        except Exception as exc:  # noqa: BLE001 - every failure gets its status from the one table
+            code, message = self._failure(exc, "Chat", request_id)
+            await context.abort(code, message)
+        finally:
+            self.in_flight -= 1
+            self.metrics.observe_request("Chat", code.name, time.perf_counter() - start)
+
+    async def _chat(self, request, request_id: str, start: float):
+        if self.draining:
+            raise ShuttingDown("the server is shutting down; send new requests to another replica")
+        turns, sampling = validate_chat(request, self.limits)
+        if request.ground and self.grounder is None:
+            raise Unsupported("ground: this server has no grounding models")
+        if request.image or request.audio:
+            self.triton.require()
+        self.llm.require()
+        if self.active_streams >= self.limits.max_concurrent_streams:
+            raise Overloaded(f"the server is at its limit of {self.limits.max_concurrent_streams} concurrent streams; retry later")
+        self.active_streams += 1
+        self.metrics.active.inc()
+        ground_task = None
+        scope = asyncio.timeout(self.limits.request_timeout_s)
+        try:
+            async with scope:
+                queue_s = time.perf_counter() - start
+                if request.ground:
+                    ground_task = asyncio.create_task(self._timed_ground(request.image))
+                encode_start = time.perf_counter()
+                modalities, _ = await self._embed_all(request)
+                encode_s = time.perf_counter() - encode_start
+
+                text, finished, first_token_s = "", None, None
+                generate_start = time.perf_counter()
+                async for event in self.engine.generate(turns, modalities, sampling, request_id=request_id):
+                    if isinstance(event, TextDelta):
+                        if first_token_s is None and event.token_ids:
+                            first_token_s = time.perf_counter() - start
+                        if event.text or event.token_ids:
+                            text += event.text
+                            yield bubo_pb2.ChatEvent(delta=bubo_pb2.TextDelta(text=event.text, token_ids=event.token_ids))
+                    else:
+                        finished = event
+                generation_s = time.perf_counter() - generate_start
+
+                grounding_wait_start = time.perf_counter()
+                grounding_s = 0.0
+                if ground_task is not None:
+                    result, grounding_s = await ground_task
+                    matches = await self.matcher.amatch(text, [e.label for e in result.entities])
+                    for match in matches:
+                        entity = result.entities[match.entity_index]
+                        yield bubo_pb2.ChatEvent(entity=entity_message(entity, match.phrase, match.start, match.end))
+                self.metrics.grounding_tail.observe(time.perf_counter() - grounding_wait_start)
+        except TimeoutError:
+            if scope.expired():  # asyncio.timeout turns its own expiry into TimeoutError at the `async with`
+                raise RequestTimeout(f"the request took longer than {self.limits.request_timeout_s:.0f} s") from None
+            raise
+        finally:
+            if ground_task is not None:
+                if ground_task.done():
+                    if not ground_task.cancelled():
+                        ground_task.exception()  # retrieved: the request already failed another way
+                else:
+                    ground_task.cancel()  # stops the wait; the Triton call itself runs on (serving/triton_client.py)
+            self.active_streams -= 1
+            self.metrics.active.dec()
+        total_s = time.perf_counter() - start
+        usage = bubo_pb2.Usage(prompt_tokens=finished.prompt_tokens, completion_tokens=finished.completion_tokens)
+        timings = bubo_pb2.Timings(
+            queue_ms=queue_s * 1e3, encode_ms=encode_s * 1e3, first_token_ms=(first_token_s or total_s) * 1e3,
+            generation_ms=generation_s * 1e3, grounding_ms=grounding_s * 1e3, total_ms=total_s * 1e3,
+        )
+        self.metrics.tokens.labels("prompt").inc(finished.prompt_tokens)
+        self.metrics.tokens.labels("completion").inc(finished.completion_tokens)
+        if first_token_s is not None:
+            self.metrics.first_token.observe(first_token_s)
+        yield bubo_pb2.ChatEvent(done=bubo_pb2.Done(finish_reason=finished.finish_reason, usage=usage, timings=timings, text=text))
+        log.info(
+            "chat done", extra={"request_id": request_id, "session_id": request.session_id, "finish_reason": finished.finish_reason,
+                                "prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens,
+                                "total_ms": round(total_s * 1e3, 1)},
+        )
 
     async def _embed_all(self, request) -> tuple[list[ModalityEmbeds], int]:
         jobs = {name: self.encoders.embed(name, data) for name, data in (("image", request.image), ("audio", request.audio)) if data}
@@ -141,106 +262,6 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
             items.append(ModalityEmbeds(name, embeds))
         return items, hits
 
-    # -- Chat -------------------------------------------------------------------------------------
-
-    async def Chat(self, request, context):
-        start = time.perf_counter()
-        request_id = uuid.uuid4().hex
-        try:
-            turns, sampling = validate_chat(request, self.limits)
-        except RequestError as exc:
-            await self._fail(context, "Chat", grpc.StatusCode.INVALID_ARGUMENT, str(exc), start)
-            return
-        if self.active_streams >= self.limits.max_concurrent_streams:
-            await self._fail(context, "Chat", grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"the server is at its limit of {self.limits.max_concurrent_streams} concurrent streams; retry later", start)
-            return
-        self.active_streams += 1
-        self.metrics.active.inc()
-        ground_task = None
-        code = grpc.StatusCode.OK
-        try:
-            async with asyncio.timeout(self.limits.request_timeout_s):
-                queue_s = time.perf_counter() - start
-                if request.ground:
-                    if self.grounder is None:
-                        code = grpc.StatusCode.FAILED_PRECONDITION
-                        await context.abort(code, "ground: this server has no grounding models")
-                    ground_task = asyncio.create_task(self._timed_ground(request.image))
-                encode_start = time.perf_counter()
-                try:
-                    modalities, _ = await self._embed_all(request)
-                except InputError as exc:
-                    code = grpc.StatusCode.INVALID_ARGUMENT
-                    await context.abort(code, str(exc))
-                except EncoderUnavailable as exc:
-                    code = grpc.StatusCode.UNAVAILABLE
-                    await context.abort(code, str(exc))
-                encode_s = time.perf_counter() - encode_start
-
-                text, finished, first_token_s = "", None, None
-                generate_start = time.perf_counter()
-                try:
-                    async for event in self.engine.generate(turns, modalities, sampling, request_id=request_id):
-                        if isinstance(event, TextDelta):
-                            if first_token_s is None and event.token_ids:
-                                first_token_s = time.perf_counter() - start
-                            if event.text or event.token_ids:
-                                text += event.text
-                                yield bubo_pb2.ChatEvent(delta=bubo_pb2.TextDelta(text=event.text, token_ids=event.token_ids))
-                        else:
-                            finished = event
-                except EngineRequestError as exc:
-                    code = grpc.StatusCode.INVALID_ARGUMENT
-                    await context.abort(code, str(exc))
-                except EngineUnavailable as exc:
-                    code = grpc.StatusCode.UNAVAILABLE
-                    await context.abort(code, str(exc))
-                generation_s = time.perf_counter() - generate_start
-
-                grounding_wait_start = time.perf_counter()
-                grounding_s = 0.0
-                if ground_task is not None:
-                    try:
-                        result, grounding_s = await ground_task
-                    except InputError as exc:
-                        code = grpc.StatusCode.INVALID_ARGUMENT
-                        await context.abort(code, str(exc))
-                    matches = await self.matcher.amatch(text, [e.label for e in result.entities])
-                    for match in matches:
-                        entity = result.entities[match.entity_index]
-                        yield bubo_pb2.ChatEvent(entity=entity_message(entity, match.phrase, match.start, match.end))
-                self.metrics.grounding_tail.observe(time.perf_counter() - grounding_wait_start)
-                total_s = time.perf_counter() - start
-                usage = bubo_pb2.Usage(prompt_tokens=finished.prompt_tokens, completion_tokens=finished.completion_tokens)
-                timings = bubo_pb2.Timings(
-                    queue_ms=queue_s * 1e3, encode_ms=encode_s * 1e3, first_token_ms=(first_token_s or total_s) * 1e3,
-                    generation_ms=generation_s * 1e3, grounding_ms=grounding_s * 1e3, total_ms=total_s * 1e3,
-                )
-                self.metrics.tokens.labels("prompt").inc(finished.prompt_tokens)
-                self.metrics.tokens.labels("completion").inc(finished.completion_tokens)
-                if first_token_s is not None:
-                    self.metrics.first_token.observe(first_token_s)
-                yield bubo_pb2.ChatEvent(done=bubo_pb2.Done(finish_reason=finished.finish_reason, usage=usage, timings=timings, text=text))
-                log.info(
-                    "chat done", extra={"request_id": request_id, "session_id": request.session_id, "finish_reason": finished.finish_reason,
-                                        "prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens,
-                                        "total_ms": round(total_s * 1e3, 1)},
-                )
-        except TimeoutError:
-            code = grpc.StatusCode.DEADLINE_EXCEEDED
-            await context.abort(code, f"the request took longer than {self.limits.request_timeout_s:.0f} s")
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            log.info("chat cancelled by the client", extra={"request_id": request_id})
-            raise
-        finally:
-            if ground_task is not None and not ground_task.done():
-                ground_task.cancel()
-            self.active_streams -= 1
-            self.metrics.active.dec()
-            self.metrics.observe_request("Chat", code.name, time.perf_counter() - start)
-
     async def _timed_ground(self, image: bytes) -> tuple[GroundingResult, float]:
         start = time.perf_counter()
         result = await self.grounder.ground(image)
@@ -250,28 +271,77 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
 
     async def Ground(self, request, context):
         start = time.perf_counter()
-        if not request.image:
-            await self._fail(context, "Ground", grpc.StatusCode.INVALID_ARGUMENT, "image: an image is required", start)
-        if len(request.image) > self.limits.max_image_bytes:
-            await self._fail(context, "Ground", grpc.StatusCode.INVALID_ARGUMENT,
-                             f"image: {len(request.image)} bytes, the limit is {self.limits.max_image_bytes}", start)
-        if self.grounder is None:
-            await self._fail(context, "Ground", grpc.StatusCode.FAILED_PRECONDITION, "this server has no grounding models", start)
+        request_id = uuid.uuid4().hex
+        code = grpc.StatusCode.OK
+        self.in_flight += 1
         try:
-            result, grounding_s = await self._timed_ground(request.image)
-        except InputError as exc:
-            await self._fail(context, "Ground", grpc.StatusCode.INVALID_ARGUMENT, str(exc), start)
-        entities = []
-        if request.text:
-            for match in await self.matcher.amatch(request.text, [e.label for e in result.entities]):
-                entities.append(entity_message(result.entities[match.entity_index], match.phrase, match.start, match.end))
-        else:
-            entities = [entity_message(e) for e in result.entities]
+            return await self._ground(request, start)
+        except asyncio.CancelledError as exc:
+            if not self._inner_cancel():
+                code = grpc.StatusCode.CANCELLED
+                raise
+            code, message = self._failure(exc, "Ground", request_id)
+            await context.abort(code, message)
+        except Exception as exc:  # noqa: BLE001 - every failure gets its status from the one table
+            code, message = self._failure(exc, "Ground", request_id)
+            await context.abort(code, message)
+        finally:
+            self.in_flight -= 1
+            self.metrics.observe_request("Ground", code.name, time.perf_counter() - start)
+
+    async def _ground(self, request, start: float):
+        if self.draining:
+            raise ShuttingDown("the server is shutting down; send new requests to another replica")
+        if not request.image:
+            raise InvalidArgument("image: an image is required")
+        validate_media(request.image, b"", self.limits)
+        if self.grounder is None:
+            raise Unsupported("this server has no grounding models")
+        self.triton.require()
+        scope = asyncio.timeout(self.limits.request_timeout_s)
+        try:
+            async with scope:
+                result, grounding_s = await self._timed_ground(request.image)
+                entities = []
+                if request.text:
+                    for match in await self.matcher.amatch(request.text, [e.label for e in result.entities]):
+                        entities.append(entity_message(result.entities[match.entity_index], match.phrase, match.start, match.end))
+                else:
+                    entities = [entity_message(e) for e in result.entities]
+        except TimeoutError:
+            if scope.expired():
+                raise RequestTimeout(f"the request took longer than {self.limits.request_timeout_s:.0f} s") from None
+            raise
         total = time.perf_counter() - start
-        self.metrics.observe_request("Ground", "OK", total)
         return bubo_pb2.GroundResponse(
             tags=result.tags, entities=entities, timings=bubo_pb2.Timings(grounding_ms=grounding_s * 1e3, total_ms=total * 1e3)
         )
+
+
+SERVICE_NAME = "bubo.v1.Bubo"
+
+
+class Health:
+    """The standard gRPC health service, told the truth: "" and `bubo.v1.Bubo` are SERVING only while
+    every part is up and the server is not draining; each part also has its own entry ("triton", "llm")."""
+
+    def __init__(self, servicer, service: BuboService):
+        self.servicer = servicer
+        self.service = service
+
+    def parts(self) -> dict[str, Part]:
+        return {"triton": self.service.triton, "llm": self.service.llm}
+
+    async def refresh(self) -> None:
+        from grpc_health.v1 import health_pb2
+
+        status = health_pb2.HealthCheckResponse
+        parts = self.parts()
+        serving = not self.service.draining and all(part.up for part in parts.values())
+        for name in ("", SERVICE_NAME):
+            await _set_health(self.servicer, name, status.SERVING if serving else status.NOT_SERVING)
+        for name, part in parts.items():
+            await _set_health(self.servicer, name, status.SERVING if part.up else status.NOT_SERVING)
 
 
 async def start_server(
@@ -279,29 +349,40 @@ async def start_server(
     port: int,
     host: str = "127.0.0.1",
     max_message_bytes: int = 64 * 1024 * 1024,
+    tls: tuple[bytes, bytes] | None = None,
+    api_key: str | None = None,
 ):
-    """Starts a grpc.aio server with the Bubo service, health checking and reflection."""
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    """Starts a grpc.aio server with the Bubo service, health checking and reflection.
+
+    `tls`: (certificate chain PEM, private key PEM) serves TLS instead of plaintext. `api_key`: every
+    RPC but health checks must carry `authorization: Bearer <api_key>` (UNAUTHENTICATED otherwise)."""
+    from grpc_health.v1 import health, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
+
+    from serving.auth import TokenAuth
 
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-        ]
+        ],
+        interceptors=[TokenAuth(api_key, service.metrics)] if api_key else None,
     )
     bubo_pb2_grpc.add_BuboServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_name = bubo_pb2.DESCRIPTOR.services_by_name["Bubo"].full_name
-    reflection.enable_server_reflection((service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{host}:{port}"
+    if tls is not None:
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
-        raise OSError(f"could not bind {host}:{port}")
+        raise OSError(f"could not bind {address}")
     await server.start()
-    for name in ("", service_name):
-        await _set_health(health_servicer, name, health_pb2.HealthCheckResponse.SERVING)
-    server.health_servicer = health_servicer  # for graceful shutdown
+    server.health = Health(health_servicer, service)
+    await server.health.refresh()
+    server.service = service
     server.bound_port = bound
     return server
 
@@ -312,12 +393,15 @@ async def _set_health(servicer, name: str, status) -> None:
         await result
 
 
-async def stop_server(server, grace_s: float = 30.0) -> None:
-    """Graceful shutdown: report NOT_SERVING, refuse new RPCs, let in-flight streams finish."""
-    from grpc_health.v1 import health_pb2
-
-    servicer = getattr(server, "health_servicer", None)
-    if servicer is not None:
-        for name in ("", bubo_pb2.DESCRIPTOR.services_by_name["Bubo"].full_name):
-            await _set_health(servicer, name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await server.stop(grace_s)
+async def stop_server(server, grace_s: float = 30.0, hurry: asyncio.Event | None = None) -> None:
+    """Graceful drain: health goes NOT_SERVING first; new Chat/Ground RPCs get UNAVAILABLE while the
+    server still answers health checks; in-flight ones finish (up to `grace_s`); then it stops."""
+    service = server.service
+    service.draining = True
+    await server.health.refresh()
+    deadline = time.monotonic() + grace_s
+    while service.in_flight and time.monotonic() < deadline and not (hurry and hurry.is_set()):
+        await asyncio.sleep(0.05)
+    if service.in_flight:
+        log.warning("%d requests still in flight after the %.0f s grace period; stopping anyway", service.in_flight, grace_s)
+    await server.stop(max(0.0, min(1.0, deadline - time.monotonic())))

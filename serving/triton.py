@@ -8,6 +8,8 @@ The bundled binary needs its shared libraries and the running Python's libdir on
 
 from __future__ import annotations
 
+import glob
+import itertools
 import logging
 import os
 import shutil
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+_instances = itertools.count()
 
 
 def bundled_root() -> Path:
@@ -49,6 +52,7 @@ class TritonServer:
         extra_args: list[str] | None = None,
         model_control_mode: str = "none",
         poll_secs: int = 0,
+        host: str = "127.0.0.1",
     ):
         self.model_repository = Path(model_repository).resolve()
         if not self.model_repository.is_dir():
@@ -60,6 +64,11 @@ class TritonServer:
         # while serving, without a restart
         self.model_control_mode = "poll" if poll_secs > 0 else model_control_mode
         self.poll_secs = poll_secs
+        # Triton serves whoever can reach these addresses: loopback unless the operator says otherwise
+        self.host = host
+        # the python backend's shared-memory regions get a prefix of their own, so that what a killed
+        # Triton leaves in /dev/shm can be removed without touching other servers' regions
+        self.shm_prefix = f"bubo_triton_{os.getpid()}_{next(_instances)}_"
         self.process: subprocess.Popen | None = None
         self._log_handle = None
 
@@ -71,7 +80,11 @@ class TritonServer:
             f"--http-port={self.ports.http}",
             f"--grpc-port={self.ports.grpc}",
             f"--metrics-port={self.ports.metrics}",
+            f"--grpc-address={self.host}",
+            f"--http-address={self.host}",
+            f"--metrics-address={self.host}",
             f"--model-control-mode={self.model_control_mode}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--log-verbose=0",
         ]
         if self.poll_secs > 0:
@@ -111,16 +124,24 @@ class TritonServer:
         return self
 
     @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    @property
+    def _connect_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "127.0.0.1", "") else self.host
+
+    @property
     def url_http(self) -> str:
-        return f"127.0.0.1:{self.ports.http}"
+        return f"{self._connect_host}:{self.ports.http}"
 
     @property
     def url_grpc(self) -> str:
-        return f"127.0.0.1:{self.ports.grpc}"
+        return f"{self._connect_host}:{self.ports.grpc}"
 
-    def is_ready(self) -> bool:
+    def is_ready(self, timeout: float = 2.0) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.url_http}/v2/health/ready", timeout=2) as response:
+            with urllib.request.urlopen(f"http://{self.url_http}/v2/health/ready", timeout=timeout) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -148,29 +169,41 @@ class TritonServer:
             return ""
         return "\n".join(text[-lines:])
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0, kill: bool = False) -> None:
+        """SIGTERM (graceful) or, with `kill`, SIGKILL to Triton and its python-backend stubs; then the
+        shared-memory regions they leave behind are removed."""
         if self.process is None:
             return
-        if self.process.poll() is None:
+        if self.process.poll() is None and not kill:
             try:
+                os.killpg(self.process.pid, signal.SIGCONT)  # a stopped (hung) process cannot act on SIGTERM
                 os.killpg(self.process.pid, signal.SIGTERM)
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 log.warning("Triton did not stop within %.0f s; killing it", timeout)
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
             except ProcessLookupError:
                 pass
-        else:
-            # Triton itself is gone; make sure no stub of its group survives
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # whatever is left of the group (Triton itself, or stubs that outlived it) goes now
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
         self.process = None
         if self._log_handle:
             self._log_handle.close()
             self._log_handle = None
+        for path in glob.glob(f"/dev/shm/{self.shm_prefix}*"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def restart(self, timeout: float = 300.0) -> "TritonServer":
+        """A fresh Triton on the same ports and repository, after killing what is left of this one."""
+        self.stop(kill=True)
+        self.shm_prefix = f"bubo_triton_{os.getpid()}_{next(_instances)}_"
+        return self.start(timeout)
 
     def __enter__(self) -> "TritonServer":
         return self.start()

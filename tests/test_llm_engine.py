@@ -10,9 +10,8 @@ from bubogpt.defaults import default_model_dir
 from bubogpt.prompt import Turn
 from bubogpt.reference import ReferencePipeline
 from conftest import make_audio_bytes, make_image_bytes
+from serving.errors import InvalidArgument, PartUnavailable
 from serving.llm_engine import (
-    EngineRequestError,
-    EngineUnavailable,
     ModalityEmbeds,
     SamplingOptions,
     TextDelta,
@@ -134,18 +133,18 @@ def test_cancelled_stream_frees_its_slot(loop, engine):
     ],
 )
 def test_bad_embeddings_are_rejected_and_the_engine_keeps_serving(loop, engine, reference, embeds, message):
-    with pytest.raises(EngineRequestError, match=message):
+    with pytest.raises(InvalidArgument, match=message):
         loop.run(collect(engine, [Turn("user", "hi")], [ModalityEmbeds("image", embeds)]))
     _, token_ids, _ = loop.run(collect(engine, [Turn("user", "hi")]))
     assert token_ids == expected(reference, [Turn("user", "hi")], []).token_ids
 
 
 def test_over_long_prompt_and_bad_sampling_are_rejected(loop, engine):
-    with pytest.raises(EngineRequestError, match="turns: the prompt takes .* positions, the model's context is 2048"):
+    with pytest.raises(InvalidArgument, match="turns: the prompt takes .* positions, the model's context is 2048"):
         loop.run(collect(engine, [Turn("user", "word " * 3000)]))
-    with pytest.raises(EngineRequestError, match="sampling.top_p"):
+    with pytest.raises(InvalidArgument, match="sampling.top_p"):
         loop.run(collect(engine, [Turn("user", "hi")], (), SamplingOptions(top_p=0.0)))
-    with pytest.raises(EngineRequestError, match=r"turns\[0\].text: contains the reserved sequence '###'"):
+    with pytest.raises(InvalidArgument, match=r"turns\[0\].text: contains the reserved sequence '###'"):
         loop.run(collect(engine, [Turn("user", "a ### b")]))
 
 
@@ -169,7 +168,7 @@ def test_a_dead_engine_is_reported_and_restarted(loop, engine, reference):
     assert cores, "vLLM's engine core process was not found"
     for process in cores:  # the engine crashes (OOM killer, segfault...)
         process.send_signal(signal.SIGKILL)
-    with pytest.raises(EngineUnavailable, match="being restarted|not running"):
+    with pytest.raises(PartUnavailable, match="being restarted|not running"):
         for _ in range(50):  # the client notices the death on its next request
             loop.run(collect(engine, [Turn("user", "hi")]))
             time.sleep(0.2)
@@ -179,7 +178,7 @@ def test_a_dead_engine_is_reported_and_restarted(loop, engine, reference):
         try:
             _, token_ids, _ = loop.run(collect(engine, [Turn("user", "hi")]))
             break
-        except EngineUnavailable:
+        except PartUnavailable:
             time.sleep(1)
     assert engine.restarts == 1
     assert token_ids == expected(reference, [Turn("user", "hi")], []).token_ids

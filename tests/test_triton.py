@@ -107,8 +107,9 @@ def test_concurrent_requests_are_batched(client, reference):
     ],
 )
 def test_corrupt_payloads_get_errors_and_the_server_keeps_serving(client, reference, model, input_name, payload, message):
-    with pytest.raises(InferenceServerException, match=message):
+    with pytest.raises(InferenceServerException, match=message) as info:
         infer_bytes(client, model, input_name, payload)
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"  # the client's fault, said so to tritonclient users too
     assert client.is_server_ready()
     image = make_image_bytes(seed=99)
     assert relative_error(reference.embed_image(image).numpy(), infer_bytes(client, "image_embed", "IMAGE", image)) < 1e-4
@@ -156,17 +157,18 @@ def test_grounding_ensemble_equals_the_pytorch_pipeline(server, grounding_refere
     from PIL import Image
 
     from serving.grounding_client import TritonGrounder
+    from serving.triton_client import TritonClient
 
     from training.world.scene import make_scene
 
     data = make_scene(seed, size=size).png()  # the world the default's grounding nets know
 
     async def ground():
-        grounder = TritonGrounder(server.url_grpc)
+        triton = TritonClient(server.url_grpc)
         try:
-            return await grounder.ground(data)
+            return await TritonGrounder(triton).ground(data)
         finally:
-            await grounder.client.close()
+            await triton.close()
 
     served = asyncio.run(ground())
     reference = grounding_reference(Image.open(io.BytesIO(data)).convert("RGB"))
@@ -184,6 +186,7 @@ def test_grounding_ensemble_equals_the_pytorch_pipeline(server, grounding_refere
 def test_grounding_rejects_a_corrupt_image(client):
     tensor = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[b"not an image"]], dtype=object))
-    with pytest.raises(InferenceServerException, match="IMAGE: image could not be decoded"):
+    with pytest.raises(InferenceServerException, match="IMAGE: image could not be decoded") as info:
         client.infer("grounding", [tensor])
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert client.is_server_ready()

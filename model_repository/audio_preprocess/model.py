@@ -31,7 +31,7 @@ class TritonPythonModel:
             try:
                 clips = np.stack([audio_bytes_to_clips(bytes(data), self.cfg, max_seconds=self.max_seconds).numpy() for data in audios])
             except AudioDecodeError as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"AUDIO: {exc}")))
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"AUDIO: {exc}", pb_utils.TritonError.INVALID_ARG)))
                 continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("CLIPS", clips.astype(np.float32))]))
         return responses

@@ -31,12 +31,12 @@ class TritonPythonModel:
         for request in requests:
             data = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
             if data.shape[0] != 1:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("IMAGE: send one image per request")))
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("IMAGE: send one image per request", pb_utils.TritonError.INVALID_ARG)))
                 continue
             try:
                 image = decode_image(bytes(data[0]), self.max_pixels)
             except ImageDecodeError as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"IMAGE: {exc}")))
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"IMAGE: {exc}", pb_utils.TritonError.INVALID_ARG)))
                 continue
             tagger = ram.preprocess_image(image, self.tagger_cfg).numpy()
             detector, _ = grounding_dino.preprocess_image(image, self.detector_cfg)

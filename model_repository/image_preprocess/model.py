@@ -30,7 +30,7 @@ class TritonPythonModel:
             try:
                 pixels = np.stack([preprocess_to_array(decode_image(bytes(data), self.max_pixels), self.cfg) for data in images])
             except ImageDecodeError as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"IMAGE: {exc}")))
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"IMAGE: {exc}", pb_utils.TritonError.INVALID_ARG)))
                 continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("PIXELS", pixels)]))
         return responses

@@ -1,0 +1,114 @@
+"""The frontend's one channel to Triton. A model call, once sent, is never cancelled.
+
+Why: Triton 2.51 can crash (SIGSEGV in `TRITONBACKEND_ResponseSend`, python backend) when a gRPC
+client cancels an in-flight call to a python-backend model or an ensemble (shared/STACK.md), and a
+client that cancels, disconnects or runs out of deadline must not be able to do that. So every call
+runs as a detached task to its end; the request that asked for it only *waits* for it
+(`Part.guard`), and stops waiting when it is cancelled, when Triton goes down, or after `wait_s`.
+The result of a call nobody waits for any more is dropped, or kept by the caller's content cache.
+
+The wasted work is bounded: at most `max_calls` calls are in flight, and a call keeps its slot until
+Triton answers it, so cancelled requests cannot queue work on Triton faster than Triton does it.
+Calls carry no short gRPC deadline for the same reason (a deadline is a cancel); `call_timeout_s` is
+only the backstop for a Triton that is neither answering nor restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from serving.errors import InvalidArgument, PartFailed, PartUnavailable
+from serving.supervisor import Part
+
+log = logging.getLogger(__name__)
+
+# gRPC channel settings: after a Triton restart on the same port, reconnect within a second rather than
+# after gRPC's default backoff (up to two minutes)
+CHANNEL_ARGS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", 256 << 20),
+    ("grpc.max_receive_message_length", 256 << 20),
+]
+TRANSIENT = {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.ABORTED",
+             "StatusCode.RESOURCE_EXHAUSTED"}
+
+
+def triton_part() -> Part:
+    return Part("triton", "Triton (encoders and grounding)")
+
+
+class TritonClient:
+    def __init__(self, url: str, part: Part | None = None, max_calls: int = 64, wait_s: float = 120.0,
+                 call_timeout_s: float = 600.0):
+        import tritonclient.grpc.aio as grpcclient
+
+        self.grpcclient = grpcclient
+        self.url = url
+        self.client = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+        self.part = part or triton_part()
+        self.wait_s = wait_s
+        self.call_timeout_s = call_timeout_s
+        self.max_calls = max_calls
+        self._slots = asyncio.Semaphore(max_calls)
+        self._calls: set[asyncio.Task] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Calls Triton has not answered yet, including those nobody waits for any more."""
+        return len(self._calls)
+
+    def submit(self, model: str, inputs: list, parse, fields: dict[str, str]) -> asyncio.Task:
+        """Starts a detached call of `model`; the task's result is `parse(InferResult)`. `fields` maps
+        Triton input names to the request fields they came from (IMAGE -> image), for error messages."""
+        self.part.require()
+        task = asyncio.get_running_loop().create_task(self._call(model, inputs, parse, fields), name=f"triton-{model}")
+        self._calls.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._calls.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure nobody waited for is not an asyncio error
+
+    async def infer(self, model: str, inputs: list, parse, fields: dict[str, str], what: str):
+        return await self.part.guard(self.submit(model, inputs, parse, fields), self.wait_s, what)
+
+    async def _call(self, model, inputs, parse, fields):
+        from tritonclient.utils import InferenceServerException
+
+        async with self._slots:
+            try:
+                result = await self.client.infer(model, inputs, client_timeout=self.call_timeout_s)
+            except InferenceServerException as exc:
+                raise classify(exc, model, fields) from None
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise  # shutting down
+                raise PartUnavailable("triton", f"the call to Triton's {model} was cut off (its channel closed)") from None
+        return parse(result)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Lets the calls in flight finish (cancelling them could crash Triton), then closes the channel."""
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=timeout_s)
+        await self.client.close()
+
+
+def classify(exc, model: str, fields: dict[str, str]) -> Exception:
+    """A Triton error as one of ours. Our python-backend models answer bad input with INVALID_ARG
+    and a message that starts with the input's name (`IMAGE: image could not be decoded ...`)."""
+    status = str(exc.status() or "")
+    message = exc.message() or str(exc)
+    if status == "StatusCode.INVALID_ARGUMENT":
+        for name, field in fields.items():
+            marker = f"{name}: "
+            if marker in message:
+                return InvalidArgument(f"{field}: {message.split(marker, 1)[1]}")
+        return InvalidArgument(f"{'/'.join(fields.values()) or model}: {message}")
+    if status in TRANSIENT or "failed to connect" in message or "Socket closed" in message:
+        return PartUnavailable("triton", f"Triton could not run {model}: {message}")
+    return PartFailed("triton", f"Triton's {model} failed: {message}")
