@@ -1,6 +1,7 @@
 """`bubo bench`: run a benchmark suite and write benchmarks/results/<suite>-<timestamp>/.
 
     bubo bench --suite e2e --quick          # served stack vs baseline, minutes
+    bubo bench --suite soak                 # 1000 mixed requests with faults (kills, SIGSTOP, cancels, garbage)
     python -m benchmarks.cli --suite perf   # the same without the `bubo` entry point
 
 Wiring into bubogpt/cli.py (build_parser):  `from benchmarks.cli import add_bench_parser` and
@@ -24,6 +25,14 @@ def _levels(text: str) -> list[int]:
 def _bench(args: argparse.Namespace) -> int:
     from benchmarks.suites import SuiteOptions, SuiteSettings, run_suite
 
+    if args.suite == "soak":
+        from benchmarks.soak import SoakSettings, main_soak
+
+        settings = SoakSettings(requests=args.soak_requests, concurrency=args.soak_concurrency, seed=args.seed or 0)
+        directory = main_soak(Path(args.out), settings, Path(args.cache_dir) if args.cache_dir else None)
+        print((directory / "results.md").read_text())
+        print(f"results: {directory}")
+        return 0
     if args.suite == "quick":  # the whole comparison with short settings: minutes on a CPU machine
         args.suite, args.quick = "all", True
     settings = SuiteSettings.quick() if args.quick else SuiteSettings()
@@ -46,8 +55,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     """Registers `bench` on an argparse subparsers object (bubogpt/cli.py's `sub`)."""
     bench = subparsers.add_parser("bench", help="benchmarks: served stack vs baseline, Triton encoders (perf_analyzer)",
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.add_argument("--suite", choices=("quick", "e2e", "perf", "baseline", "all"), default="e2e",
-                       help="quick = all with --quick")
+    bench.add_argument("--suite", choices=("quick", "e2e", "perf", "baseline", "all", "soak"), default="e2e",
+                       help="quick = all with --quick; soak = mixed load with faults (benchmarks/soak.py)")
+    bench.add_argument("--soak-requests", type=int, default=1000, help="soak: requests in the schedule")
+    bench.add_argument("--soak-concurrency", type=int, default=16, help="soak: concurrent clients")
     bench.add_argument("--out", default="benchmarks/results", help="results root (a <suite>-<timestamp>/ folder is made)")
     bench.add_argument("--quick", action="store_true", help="fewer requests and tokens, short perf windows")
     bench.add_argument("--weights", help="model directory (default: the built-in nano model)")

@@ -120,6 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
         repository_poll_s=args.repository_poll_secs, triton_host=args.triton_host,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,
         api_key=api_key_from(args.api_key), drain_grace_s=args.drain_grace_s,
+        **({"cache_dir": Path(args.cache_dir)} if args.cache_dir else {}),
     )
     for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
         if path and not Path(path).is_file():
@@ -337,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
     serve.add_argument("--triton-host", default="127.0.0.1",
                        help="address the Triton it starts listens on (default loopback: only this frontend calls it)")
+    serve.add_argument("--cache-dir", help="where exported repositories and Triton's log go (default ~/.cache/bubogpt)")
     serve.add_argument("--drain-grace-secs", dest="drain_grace_s", type=float, default=30.0,
                        help="on SIGTERM, how long in-flight streams may take to finish")
     serve.set_defaults(func=_serve)

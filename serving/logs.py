@@ -7,7 +7,8 @@ import json
 import logging
 import time
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# record attributes that are not the caller's `extra` (vLLM stamps every record with its process name)
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "vllm_process_name"}
 
 
 class JsonFormatter(logging.Formatter):

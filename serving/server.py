@@ -31,7 +31,7 @@ from bubogpt.grounding.pipeline import GroundingResult
 from bubogpt.grounding.schema import GroundedEntity
 from bubogpt.prompt import Turn
 from serving.encoders import TritonEncoders
-from serving.errors import InvalidArgument, Overloaded, RequestTimeout, ShuttingDown, Unsupported, status_of
+from serving.errors import InvalidArgument, Overloaded, PartFailed, RequestTimeout, ShuttingDown, Unsupported, status_of
 from serving.llm_engine import EngineBase, ModalityEmbeds, SamplingOptions, TextDelta
 from serving.metrics import ServerMetrics
 from serving.proto import bubo_pb2, bubo_pb2_grpc
@@ -102,6 +102,11 @@ def validate_media(image: bytes, audio: bytes, limits: Limits) -> None:
         raise InvalidArgument(f"audio: {len(audio)} bytes, the limit is {limits.max_audio_bytes}")
 
 
+def _check_decoded(request) -> None:
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(f"request: the bytes are not a valid {request.message_type} message ({request.error})")
+
+
 def entity_message(entity: GroundedEntity, phrase: str = "", start: int = 0, end: int = 0):
     rle = entity.mask_rle() if entity.mask is not None else None
     mask = bubo_pb2.Mask(height=rle["size"][0], width=rle["size"][1], counts=rle["counts"]) if rle else None
@@ -138,13 +143,17 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
 
     # -- one way to fail ---------------------------------------------------------------------------
 
-    def _failure(self, exc: BaseException, method: str, request_id: str) -> tuple[grpc.StatusCode, str]:
+    async def _abort(self, context, exc: BaseException, method: str, request_id: str) -> grpc.StatusCode:
+        """Answers the RPC with the status the error table gives `exc`; a failed part is also named in
+        the trailing metadata (`bubo-part: triton|llm`), for clients that wait for it to come back."""
         code, _, message = status_of(exc, request_id)
-        if code == grpc.StatusCode.INTERNAL:
+        if code == grpc.StatusCode.INTERNAL and not isinstance(exc, PartFailed):
             log.error("%s failed", method, exc_info=exc, extra={"request_id": request_id})
         else:
             log.info("%s refused: %s %s", method, code.name, message, extra={"request_id": request_id})
-        return code, message
+        part = getattr(exc, "part", None)
+        await context.abort(code, message, trailing_metadata=(("bubo-part", part),) if part else ())
+        return code
 
     def _inner_cancel(self) -> bool:
         """A CancelledError that is not this RPC being cancelled (the client went away) came from a part."""
@@ -166,11 +175,11 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
                 code = grpc.StatusCode.CANCELLED
                 log.info("chat cancelled by the client", extra={"request_id": request_id})
                 raise
-            code, message = self._failure(exc, "Chat", request_id)
-            await context.abort(code, message)
+            code = status_of(exc, request_id)[0]  # (for the metrics: _abort raises)
+            await self._abort(context, exc, "Chat", request_id)
         except Exception as exc:  # noqa: BLE001 - every failure gets its status from the one table
-            code, message = self._failure(exc, "Chat", request_id)
-            await context.abort(code, message)
+            code = status_of(exc, request_id)[0]  # (for the metrics: _abort raises)
+            await self._abort(context, exc, "Chat", request_id)
         finally:
             self.in_flight -= 1
             self.metrics.observe_request("Chat", code.name, time.perf_counter() - start)
@@ -178,6 +187,7 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
     async def _chat(self, request, request_id: str, start: float):
         if self.draining:
             raise ShuttingDown("the server is shutting down; send new requests to another replica")
+        _check_decoded(request)
         turns, sampling = validate_chat(request, self.limits)
         if request.ground and self.grounder is None:
             raise Unsupported("ground: this server has no grounding models")
@@ -280,11 +290,11 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
             if not self._inner_cancel():
                 code = grpc.StatusCode.CANCELLED
                 raise
-            code, message = self._failure(exc, "Ground", request_id)
-            await context.abort(code, message)
+            code = status_of(exc, request_id)[0]  # (for the metrics: _abort raises)
+            await self._abort(context, exc, "Ground", request_id)
         except Exception as exc:  # noqa: BLE001 - every failure gets its status from the one table
-            code, message = self._failure(exc, "Ground", request_id)
-            await context.abort(code, message)
+            code = status_of(exc, request_id)[0]  # (for the metrics: _abort raises)
+            await self._abort(context, exc, "Ground", request_id)
         finally:
             self.in_flight -= 1
             self.metrics.observe_request("Ground", code.name, time.perf_counter() - start)
@@ -292,6 +302,7 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
     async def _ground(self, request, start: float):
         if self.draining:
             raise ShuttingDown("the server is shutting down; send new requests to another replica")
+        _check_decoded(request)
         if not request.image:
             raise InvalidArgument("image: an image is required")
         validate_media(request.image, b"", self.limits)
@@ -319,6 +330,39 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
 
 
 SERVICE_NAME = "bubo.v1.Bubo"
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """What arrived instead of a request message: bytes that do not parse as `message_type`."""
+
+    message_type: str
+    error: str
+
+
+def _parser(message_class):
+    """A request deserializer that does not raise: a DecodeError escaping it would reach the client
+    as UNKNOWN, from inside grpc; the handler answers INVALID_ARGUMENT instead."""
+    from google.protobuf.message import DecodeError
+
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(message_class.DESCRIPTOR.full_name, str(exc))
+
+    return parse
+
+
+def add_bubo_service(service: BuboService, server) -> None:
+    """The generated `add_BuboServicer_to_server`, with request parsing that cannot fail inside grpc."""
+    handlers = {
+        "Chat": grpc.unary_stream_rpc_method_handler(service.Chat, request_deserializer=_parser(bubo_pb2.ChatRequest),
+                                                     response_serializer=bubo_pb2.ChatEvent.SerializeToString),
+        "Ground": grpc.unary_unary_rpc_method_handler(service.Ground, request_deserializer=_parser(bubo_pb2.GroundRequest),
+                                                      response_serializer=bubo_pb2.GroundResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
 class Health:
@@ -368,7 +412,7 @@ async def start_server(
         ],
         interceptors=[TokenAuth(api_key, service.metrics)] if api_key else None,
     )
-    bubo_pb2_grpc.add_BuboServicer_to_server(service, server)
+    add_bubo_service(service, server)
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -112,6 +112,7 @@ class Supervisor:
         self.backoff_s = backoff_s
         self.stable_s = stable_s  # a part that ran this long since its last restart is restarted without delay
         self._tasks: list[asyncio.Task] = []
+        self._restarts: set[asyncio.Task] = set()  # restarts in progress: stop() lets them finish
 
     @property
     def parts(self) -> dict[str, Part]:
@@ -126,11 +127,16 @@ class Supervisor:
             self._set_up_metric(w.part)
             self._tasks.append(asyncio.get_running_loop().create_task(self._watch(w), name=f"supervise-{w.part.name}"))
 
-    async def stop(self) -> None:
+    async def stop(self, restart_timeout_s: float = 300.0) -> None:
+        """Stops watching. A restart in progress is finished first (it runs in a thread that cannot be
+        cancelled; abandoning it would leave a fresh Triton or engine behind, owned by nobody)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._restarts:
+            log.info("waiting for %d restart(s) in progress before stopping", len(self._restarts))
+            await asyncio.wait(set(self._restarts), timeout=restart_timeout_s)
 
     def _set_up_metric(self, part: Part) -> None:
         if self.metrics is not None:
@@ -143,6 +149,18 @@ class Supervisor:
                 await self.on_change()
             except Exception:  # noqa: BLE001 - a health update must not stop the watch
                 log.exception("updating health failed")
+
+    async def _pause(self, w: Watched) -> None:
+        """The probe interval, cut short when the part signals a change (`wake`, e.g. its process exited)."""
+        wake = getattr(w, "wake", None)
+        if wake is None:
+            await asyncio.sleep(self.interval_s)
+            return
+        try:
+            await asyncio.wait_for(wake.wait(), self.interval_s)
+        except TimeoutError:
+            pass
+        wake.clear()
 
     async def _watch(self, w: Watched) -> None:
         part = w.part
@@ -161,7 +179,7 @@ class Supervisor:
                                 extra={"part": part.name})
                     part.mark_up()
                     await self._changed(part)
-                await asyncio.sleep(self.interval_s)
+                await self._pause(w)
                 continue
             failures += 1
             if part.up and (problem.fatal or failures >= self.failures_to_down):
@@ -170,7 +188,7 @@ class Supervisor:
                 await self._changed(part)
             hung = not part.up and time.monotonic() - (part.down_since or 0.0) >= self.hang_restart_s
             if not (w.restartable and not part.up and (problem.fatal or hung)):
-                await asyncio.sleep(self.interval_s)
+                await self._pause(w)
                 continue
             # restart; back off when the last restart did not hold for `stable_s`
             if time.monotonic() - last_restart < self.stable_s:
@@ -185,8 +203,11 @@ class Supervisor:
             log.warning("restarting %s (%s)", part.title, cause, extra={"part": part.name})
             last_restart = time.monotonic()
             started = time.perf_counter()
+            restart = asyncio.get_running_loop().create_task(w.restart(), name=f"restart-{part.name}")
+            self._restarts.add(restart)
+            restart.add_done_callback(self._restarts.discard)
             try:
-                await w.restart()
+                await asyncio.shield(restart)
             except Exception as exc:  # noqa: BLE001 - logged; the next round retries with backoff
                 log.exception("restarting %s failed", part.title, extra={"part": part.name})
                 part.mark_down(f"restart failed ({exc}); retrying")
@@ -211,23 +232,51 @@ def describe_exit(code: int) -> str:
 
 
 class TritonWatch:
-    """A Triton the frontend started (`serving.triton.TritonServer`): its process and its readiness."""
+    """A Triton the frontend started (`serving.triton.TritonServer`): its process and its readiness.
+
+    Probes run on a thread of their own (the loop's default executor can be busy with request work),
+    and a thread blocked in waitpid() wakes the supervisor the moment the process exits."""
 
     restartable = True
 
     def __init__(self, server, part: Part, probe_timeout_s: float = 2.0):
+        import concurrent.futures
+
         self.server = server
         self.part = part
         self.probe_timeout_s = probe_timeout_s
+        self.wake: asyncio.Event | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="triton-probe")
+        self._waited: object = None
+
+    def _watch_exit(self) -> None:
+        """A daemon thread per Triton process, blocked until it exits."""
+        import threading
+
+        process = self.server.process
+        if process is None or process is self._waited:
+            return
+        self._waited = process
+        loop, wake = asyncio.get_running_loop(), self.wake
+
+        def wait() -> None:
+            process.wait()
+            loop.call_soon_threadsafe(wake.set)
+
+        threading.Thread(target=wait, name="triton-exit", daemon=True).start()
 
     async def probe(self) -> Problem | None:
+        if self.wake is None:
+            self.wake = asyncio.Event()
         process = self.server.process
         if process is None:
             return Problem("tritonserver is not running", fatal=True)
+        self._watch_exit()
         code = process.poll()
         if code is not None:
             return Problem(f"tritonserver exited ({describe_exit(code)})", fatal=True)
-        if not await asyncio.to_thread(self.server.is_ready, self.probe_timeout_s):
+        ready = await asyncio.get_running_loop().run_in_executor(self._executor, self.server.is_ready, self.probe_timeout_s)
+        if not ready:
             return Problem(f"tritonserver did not answer its readiness check within {self.probe_timeout_s:.0f} s", fatal=False)
         return None
 

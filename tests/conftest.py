@@ -27,11 +27,18 @@ def loop():
     runner.close()
 
 
+@pytest.fixture(scope="session")
+def serve_cache(tmp_path_factory):
+    """One cache directory for the stacks of the whole session: the default model is exported to a Triton
+    repository once per configuration, not once per test module (tests that change a repository make their own)."""
+    return tmp_path_factory.mktemp("serve-cache")
+
+
 @pytest.fixture(scope="module")
-def stack(loop, tmp_path_factory):
+def stack(loop, serve_cache):
     from serving.app import ServeOptions, Stack, free_port
 
-    options = ServeOptions(port=0, metrics_port=free_port(), cache_dir=tmp_path_factory.mktemp("cache"))
+    options = ServeOptions(port=0, metrics_port=free_port(), cache_dir=serve_cache)
     stack = loop.run(Stack(options).start(), timeout=900)
     yield stack
     loop.run(stack.stop(grace_s=5), timeout=120)
