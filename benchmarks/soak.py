@@ -615,10 +615,44 @@ def soak_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main_soak(out_root: Path, settings: SoakSettings, cache_dir: Path | None = None) -> Path:
-    """`bubo bench --suite soak`: starts `bubo serve`, soaks it, writes results.json/results.md."""
+def draw_timeline(path: Path, result: dict, bucket_s: float = 5.0) -> Path:
+    """Requests ending per second over the soak, by outcome; the part faults are in the title."""
+    from benchmarks.plot import line_chart
+
+    requests = result["requests"]
+    end = max((r["end_s"] for r in requests), default=0.0)
+    buckets = int(end // bucket_s) + 1
+    groups = {"OK": ("OK",), "UNAVAILABLE": ("UNAVAILABLE",),
+              "refused or cut by the client (INVALID_ARGUMENT, CANCELLED, DEADLINE_EXCEEDED)": (
+                  "INVALID_ARGUMENT", "CANCELLED", "DEADLINE_EXCEEDED")}
+    series = {name: [0.0] * buckets for name in groups}
+    for r in requests:
+        for name, statuses in groups.items():
+            if r["status"] in statuses:
+                series[name][int(r["end_s"] // bucket_s)] += 1 / bucket_s
+    faults = ", ".join(f"{f['name']} at {f['at_s']:.0f} s" for f in result["faults"])
+    return line_chart(path, f"Soak: requests ending per second ({faults})", [f"{i * bucket_s:.0f}" for i in range(buckets)],
+                      series, x_title="seconds into the soak", y_title="requests/s")
+
+
+def write_soak_results(directory: Path, result: dict) -> None:
     import json
 
+    (directory / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    machine = result.get("machine", {})
+    text = soak_markdown(result) + (f"\nCommand: `bubo bench --suite soak --soak-requests {result['settings']['requests']}` "
+                                    f"(server: `{result.get('command', '')}`); exit code of `bubo serve` after SIGTERM: "
+                                    f"{result.get('serve_exit_code')}.\n\nMachine: {json.dumps(machine)}\n")
+    try:
+        draw_timeline(directory / "timeline.png", result)
+        text += "\n![timeline](timeline.png)\n"
+    except Exception as exc:  # noqa: BLE001 - the chart is a convenience; the numbers are in the JSON
+        log.warning("timeline chart failed: %s", exc)
+    (directory / "results.md").write_text(text)
+
+
+def main_soak(out_root: Path, settings: SoakSettings, cache_dir: Path | None = None) -> Path:
+    """`bubo bench --suite soak`: starts `bubo serve`, soaks it, writes results.json/results.md/timeline.png."""
     from benchmarks.report import machine_info, run_dir
     from benchmarks.serve_process import ServeProcess
 
@@ -633,7 +667,6 @@ def main_soak(out_root: Path, settings: SoakSettings, cache_dir: Path | None = N
     result["machine"] = machine_info()
     result["serve_exit_code"] = code
     result["command"] = " ".join(server.command())
-    (directory / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (directory / "results.md").write_text(soak_markdown(result))
+    write_soak_results(directory, result)
     return directory
 

@@ -1,5 +1,6 @@
 """The whole stack on loopback: real Triton, real vLLM engine, real gRPC frontend (`bubo serve`)."""
 
+import re
 import threading
 import time
 import urllib.request
@@ -11,7 +12,7 @@ from bubogpt.prompt import Turn
 from bubogpt.reference import ReferencePipeline
 from conftest import make_audio_bytes, make_image_bytes
 from serving.client import chat_request, collect
-from serving.proto import bubo_pb2
+from serving.proto import bubo_pb2, bubo_pb2_grpc
 from serving.server import Limits
 
 
@@ -275,6 +276,110 @@ def test_ground_rejects_a_corrupt_image(stub):
     assert info.value.details().startswith("image:")
 
 
+# -- the error table, TLS and the token ---------------------------------------------------------------
+
+
+def test_every_serving_error_has_a_status_and_the_unexpected_become_internal():
+    import inspect
+
+    from serving import errors
+
+    kinds = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.ServingError) and c is not errors.ServingError]
+    assert len(kinds) >= 8
+    for kind in kinds:
+        exc = kind("triton", "x") if "part" in inspect.signature(kind.__init__).parameters else kind("x")
+        code, http, message = errors.status_of(exc, "rid")
+        assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.OK) and 400 <= http < 600 and message == "x"
+    code, http, message = errors.status_of(KeyError("boom"), "abc123")
+    assert code == grpc.StatusCode.INTERNAL and http == 500 and "abc123" in message and "KeyError" in message
+
+
+def test_an_unexpected_failure_is_internal_with_the_request_id_and_the_server_stays_up(stub, stack, reference):
+    class BrokenMatcher:
+        async def amatch(self, text, labels):
+            raise RuntimeError("matcher bug")
+
+    matcher, stack.service.matcher = stack.service.matcher, BrokenMatcher()
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Chat(chat_request("What is in the picture?", IMAGE, ground=True, max_new_tokens=4)))
+    finally:
+        stack.service.matcher = matcher
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert re.search(r"internal error \(RuntimeError\); request id [0-9a-f]{32} in the server log", info.value.details())
+    result = collect(stub.Chat(chat_request("hi", max_new_tokens=4)))
+    assert result.token_ids == expected(reference, [Turn("user", "hi")], max_new_tokens=4).token_ids
+
+
+def self_signed(tmp_path):
+    """A certificate for 127.0.0.1 / localhost and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_and_the_token_guard_every_rpc_but_health(loop, stack, reference, tmp_path, capsys, monkeypatch):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from serving.client import Endpoint, main_chat
+    from serving.server import start_server
+
+    cert, key = self_signed(tmp_path)
+    server = loop.run(start_server(stack.service, 0, tls=(cert.read_bytes(), key.read_bytes()), api_key="s3cret"))
+    address = f"127.0.0.1:{server.bound_port}"
+    want = expected(reference, [Turn("user", "hi")], max_new_tokens=4).token_ids
+    try:
+        with grpc.insecure_channel(address) as plain:  # plaintext to a TLS port: no connection
+            with pytest.raises(grpc.RpcError) as info:
+                list(bubo_pb2_grpc.BuboStub(plain).Chat(chat_request("hi", max_new_tokens=4), timeout=10))
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        for key_given in (None, "wrong"):
+            with Endpoint(address, tls_ca=str(cert), api_key=key_given).channel() as channel:
+                stub = bubo_pb2_grpc.BuboStub(channel)
+                with pytest.raises(grpc.RpcError) as info:
+                    list(stub.Chat(chat_request("hi", max_new_tokens=4), timeout=30))
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and "Bearer" in info.value.details()
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.Ground(bubo_pb2.GroundRequest(image=IMAGE), timeout=30)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                with pytest.raises(grpc.RpcError) as info:
+                    list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30))
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+                assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes need no token
+        with Endpoint(address, tls_ca=str(cert), api_key="s3cret").channel() as channel:
+            assert collect(bubo_pb2_grpc.BuboStub(channel).Chat(chat_request("hi", max_new_tokens=4), timeout=60)).token_ids == want
+        # `bubo chat` takes the token from the environment when no --api-key is given
+        monkeypatch.setenv("BUBO_API_KEY", "s3cret")
+        assert main_chat(Endpoint(address, tls_ca=str(cert)), "hi", None, None, None, False, 4, 0.0) == 0
+        assert capsys.readouterr().out.strip() == reference.tokenizer.decode(want, skip_special_tokens=True).split("###")[0].strip()
+        monkeypatch.delenv("BUBO_API_KEY")
+        assert main_chat(Endpoint(address, tls_ca=str(cert)), "hi", None, None, None, False, 4, 0.0) == 1
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+    finally:
+        loop.run(server.stop(0))
+
+
 def test_graceful_shutdown_finishes_in_flight_streams(loop, stack, stub, reference):
     """Runs last in this module: it stops the stack."""
     results = {}
@@ -293,3 +398,4 @@ def test_graceful_shutdown_finishes_in_flight_streams(loop, stack, stub, referen
     assert finished.done.usage.completion_tokens == len(oracle.token_ids)
     with pytest.raises(grpc.RpcError):
         list(stub.Chat(chat_request("hi", max_new_tokens=2)))
+
