@@ -131,6 +131,14 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_files(args: argparse.Namespace) -> None:
+    """--image / --audio must name readable files: one clear line otherwise, not a traceback."""
+    for flag in ("image", "audio"):
+        path = getattr(args, flag, None)
+        if path and not Path(path).is_file():
+            raise SystemExit(f"--{flag}: {path}: no such file")
+
+
 def _endpoint(args: argparse.Namespace):
     from serving.client import Endpoint
 
@@ -142,6 +150,7 @@ def _endpoint(args: argparse.Namespace):
 def _chat(args: argparse.Namespace) -> int:
     from serving.client import interactive_chat, main_chat
 
+    _input_files(args)
     endpoint = _endpoint(args)
     if args.interactive:
         return interactive_chat(endpoint, args.image, args.audio, args.out, args.ground, args.max_new_tokens, args.temperature)
@@ -154,6 +163,7 @@ def _ground(args: argparse.Namespace) -> int:
     from bubogpt.grounding.matching import RuleEntityMatcher
     from bubogpt.image import ImageDecodeError, decode_image
 
+    _input_files(args)
     data = Path(args.image).read_bytes()
     if args.server:
         return _ground_remote(args, data)

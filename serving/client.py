@@ -122,6 +122,9 @@ def main_chat(server: str | Endpoint, text: str, image: str | None, audio: str |
         except grpc.RpcError as exc:
             print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # leaving the channel cancels the call; the server aborts the generation
+            print("\n(cancelled)", file=sys.stderr)
+            return 130
     print()
     console = Console(stderr=True)
     done = result.done
@@ -165,6 +168,9 @@ def interactive_chat(server: str | Endpoint, image: str | None, audio: str | Non
             write("assistant: ")
             try:
                 result = collect(stub.Chat(request), on_delta=write)
+            except KeyboardInterrupt:
+                print("\n(cancelled)", file=sys.stderr)
+                continue
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and exc.details().startswith("ground:"):
                     ground = request.ground = False
