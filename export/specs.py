@@ -58,7 +58,7 @@ class QFormerWithProjection(nn.Module):
 
 
 def modality_specs(model: BuboGPT) -> list[ExportSpec]:
-    cfg = model.cfg
+    cfg = model.config
     v, a = cfg.vision, cfg.audio
     return [
         ExportSpec(
@@ -91,11 +91,11 @@ def modality_specs(model: BuboGPT) -> list[ExportSpec]:
 
 def grounding_specs(pipeline) -> list[ExportSpec]:
     """The grounding networks of a `bubogpt.grounding.pipeline.GroundingPipeline`."""
-    from bubogpt.grounding.gdino_text import caption_from_tags, tokenize
+    from bubogpt.grounding.grounding_dino.preprocessing import caption_from_tags, tokenize
 
     tagger_size = pipeline.tagger.config.image_size
-    scfg = pipeline.segmenter_encoder.cfg
-    dcfg = pipeline.detector.cfg
+    scfg = pipeline.segmenter_encoder.config
+    dcfg = pipeline.detector.config
 
     def detector_example(seed: int) -> dict[str, torch.Tensor]:
         # seed 0: the export example; other seeds: another image size and caption length

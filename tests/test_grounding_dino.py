@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from bubogpt.grounding.gdino_checkpoint import (
+from bubogpt.grounding.grounding_dino.checkpoint import (
     GroundingDinoCheckpointError,
     load_grounding_dino_checkpoint,
 )
-from bubogpt.grounding.gdino_config import BertTextConfig, GroundingDinoConfig
+from bubogpt.grounding.grounding_dino.config import BertTextConfig, GroundingDinoConfig
 from bubogpt.grounding.grounding_dino import (
     GDINO_PRESETS,
     ONNX_DYNAMIC_AXES,
@@ -517,10 +517,54 @@ def test_forward_shapes_masks_and_batch_independence(model, tokenizer, cfg):
 def test_ground_end_to_end(model, tokenizer):
     image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (120, 90, 3), dtype=np.uint8))
     detections = ground(model, tokenizer, image, caption_from_tags(["dog", "cat"]), box_threshold=0.0)
-    assert len(detections) == model.cfg.num_queries
+    assert len(detections) == model.config.num_queries
     for det in detections:
         x0, y0, x1, y1 = det.box_xyxy
         assert x0 <= x1 and y0 <= y1 and 0.0 < det.score <= 1.0
+
+
+def assert_bit_identical(got, expected, where="outputs"):
+    """Same nesting of dicts and lists, same keys in the same order, torch.equal tensors."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and list(got) == list(expected), where
+        for key in expected:
+            assert_bit_identical(got[key], expected[key], f"{where}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(got, (list, tuple)) and len(got) == len(expected), where
+        for i, (g, e) in enumerate(zip(got, expected)):
+            assert_bit_identical(g, e, f"{where}[{i}]")
+    else:
+        assert got.dtype == expected.dtype and got.shape == expected.shape, where
+        assert torch.equal(got, expected), where
+
+
+def test_forward_with_aux_is_forward_with_every_layer_and_the_proposals(model, tokenizer, cfg):
+    """forward_with_aux's final outputs are forward's; each earlier layer's outputs are, bit for bit, what
+    forward gives with the decoder cut after that layer; the proposals have forward's shapes and caption
+    mask."""
+    import copy
+
+    torch.manual_seed(1)
+    pixels = torch.randn(2, 3, 97, 150)  # odd sizes: every padding path of the backbone runs
+    text = tokenize(["a red car . the man on the grass ?", "person,tree."], tokenizer, cfg)  # padded row
+    got = model.forward_with_aux(pixels, *text)  # with autograd on, as in training
+    assert list(got) == ["pred_logits", "pred_boxes", "aux", "enc"]
+    assert len(got["aux"]) == cfg.num_decoder_layers - 1 and got["pred_logits"].requires_grad
+    with torch.no_grad():
+        logits, boxes = model(pixels, *text)
+    assert_bit_identical({"pred_logits": got["pred_logits"], "pred_boxes": got["pred_boxes"]},
+                         {"pred_logits": logits, "pred_boxes": boxes})
+    for layers, aux in enumerate(got["aux"], start=1):
+        cut = copy.deepcopy(model)
+        cut.transformer.decoder.layers = cut.transformer.decoder.layers[:layers]
+        with torch.no_grad():
+            expected = dict(zip(("pred_logits", "pred_boxes"), cut(pixels, *text)))
+        assert_bit_identical(aux, expected, f"aux[{layers - 1}]")
+    enc = got["enc"]
+    assert list(enc) == ["pred_logits", "pred_boxes"]
+    assert enc["pred_logits"].shape == logits.shape and enc["pred_boxes"].shape == boxes.shape
+    assert torch.equal(torch.isfinite(enc["pred_logits"]), torch.isfinite(logits))  # the caption's tokens only
+    assert bool(((enc["pred_boxes"] >= 0) & (enc["pred_boxes"] <= 1)).all())
 
 
 def match_queries(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:

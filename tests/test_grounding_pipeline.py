@@ -10,7 +10,6 @@ from PIL import Image
 
 from bubogpt.defaults import default_model_dir
 from bubogpt.grounding import grounding_dino as gdino
-from bubogpt.grounding import sam
 from bubogpt.grounding.pipeline import (
     clean_phrase,
     fill_small_holes,
@@ -88,7 +87,7 @@ def test_boxes_and_masks_come_back_in_original_pixels(pipeline, size):
     width, height = size
     picture = image(width, height)
     box = np.array([[0.2 * width, 0.3 * height, 0.6 * width, 0.8 * height]], dtype=np.float32)
-    cfg = pipeline.segmenter_encoder.cfg
+    cfg = pipeline.segmenter_encoder.config
 
     class BoxPainter(torch.nn.Module):  # stands in for the decoder: paints the prompt box in the low-res frame
         def forward(self, embeddings, boxes):
@@ -122,8 +121,8 @@ def test_detector_thresholds_are_the_papers_or_the_tuned_ones(pipeline):
     official = GROUNDING_PRESETS["official"]
     assert official.box_threshold == 0.25 and official.text_threshold == 0.2 and official.hole_area == 400
     tuned = json.loads((default_model_dir() / "grounding" / "train_report.json").read_text())["threshold_tuning"]
-    assert (pipeline.cfg.box_threshold, pipeline.cfg.text_threshold) == (tuned["box_threshold"], tuned["text_threshold"])
-    assert pipeline.cfg.hole_area > 0
+    assert (pipeline.config.box_threshold, pipeline.config.text_threshold) == (tuned["box_threshold"], tuned["text_threshold"])
+    assert pipeline.config.hole_area > 0
 
 
 def test_full_pipeline_on_the_default_model(pipeline):
@@ -170,7 +169,7 @@ def test_save_and_load_round_trip(tmp_path, pipeline):
 def test_bubo_ground_cli_prints_the_pipelines_entities_and_writes_an_overlay(tmp_path, pipeline, capsys):
     import json
 
-    from bubogpt.cli import main
+    from bubo_cli.main import main
 
     path = tmp_path / "picture.png"
     image(200, 160, seed=4).save(path)
@@ -183,5 +182,5 @@ def test_bubo_ground_cli_prints_the_pipelines_entities_and_writes_an_overlay(tmp
     assert Image.open(overlay).size[0] == 200
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
-    with pytest.raises(SystemExit, match="not a recognised image format"):
-        main(["ground", "--image", str(bad)])
+    assert main(["ground", "--image", str(bad)]) == 2  # a user error: one line on stderr, exit code 2
+    assert "not a recognised image format" in capsys.readouterr().err

@@ -4,7 +4,7 @@
           -> boxes in original pixels -> segmenter (SAM, one mask per box) -> small holes filled
           -> GroundedEntity(label, score, box, mask)
 
-Entity matching against the answer text lives in `matching.py`; the server runs it when the answer
+Entity matching against the answer text lives in `matching/`; the server runs it when the answer
 is complete. This module is the PyTorch reference; serving runs the same networks exported to
 Triton and the same pre/post-processing functions (model_repository/grounding_*).
 
@@ -28,8 +28,8 @@ from safetensors.torch import load_file, save_file
 
 from bubogpt.grounding import grounding_dino as gdino
 from bubogpt.grounding import ram, sam
-from bubogpt.grounding.gdino_config import GDINO_PRESETS
-from bubogpt.grounding.gdino_text import caption_from_tags, load_tokenizer
+from bubogpt.grounding.grounding_dino.config import GDINO_PRESETS
+from bubogpt.grounding.grounding_dino.preprocessing import caption_from_tags, load_tokenizer
 from bubogpt.grounding.schema import GroundedEntity
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class GroundingPipeline:
         segmenter_decoder: sam.SamPromptDecoder,
         deleted_tags: tuple[int, ...] = (),
     ):
-        self.cfg = cfg
+        self.config = cfg
         self.tagger = tagger.eval()
         self.tag_list = list(tag_list)
         self.thresholds = thresholds
@@ -151,12 +151,12 @@ class GroundingPipeline:
 
     @torch.inference_mode()
     def detect(self, image: Image.Image, caption: str) -> list[gdino.Detection]:
-        return gdino.ground(self.detector, self.tokenizer, image, caption, self.cfg.box_threshold, self.cfg.text_threshold)
+        return gdino.ground(self.detector, self.tokenizer, image, caption, self.config.box_threshold, self.config.text_threshold)
 
     @torch.inference_mode()
     def segment(self, image: Image.Image, boxes: np.ndarray) -> np.ndarray:
         """One bool mask [H, W] per xyxy box (original pixels)."""
-        scfg = self.segmenter_encoder.cfg
+        scfg = self.segmenter_encoder.config
         pixels, input_hw = sam.preprocess_image(np.asarray(image, dtype=np.uint8), scfg)
         embeddings = self.segmenter_encoder(torch.from_numpy(pixels)[None])
         original_hw = (image.height, image.width)
@@ -164,14 +164,14 @@ class GroundingPipeline:
         low_res, _ = self.segmenter_decoder(embeddings, prompts)
         logits = sam.postprocess_masks(low_res[0], input_hw, original_hw, scfg)
         masks = sam.masks_from_logits(logits).numpy()
-        return np.stack([fill_small_holes(m, self.cfg.hole_area) for m in masks])
+        return np.stack([fill_small_holes(m, self.config.hole_area) for m in masks])
 
     def __call__(self, image: Image.Image) -> GroundingResult:
         tags = self.tags(image)
         if not tags:
             return GroundingResult(tags=[], entities=[])
         caption = caption_from_tags(tags)
-        detections = self.detect(image, caption)[: self.cfg.max_entities]
+        detections = self.detect(image, caption)[: self.config.max_entities]
         detections = [d._replace(phrase=clean_phrase(d.phrase)) for d in detections]
         detections = [d for d in detections if d.phrase]
         if not detections:
@@ -260,7 +260,7 @@ def save_grounding(pipeline: GroundingPipeline, model_dir: str | Path) -> Path:
     out = Path(model_dir) / GROUNDING_DIR
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
-        "config": dataclasses.asdict(pipeline.cfg),
+        "config": dataclasses.asdict(pipeline.config),
         "tag_list": pipeline.tag_list,
         "thresholds": [float(t) for t in pipeline.thresholds.tolist()],
         "deleted_tags": list(pipeline.deleted_tags),

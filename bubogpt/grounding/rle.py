@@ -1,4 +1,8 @@
-"""COCO run-length encoding of binary masks, in pure numpy (no pycocotools).
+"""COCO run-length encoding of binary masks: pycocotools (the reference implementation, in C) encodes,
+and measures areas and boxes; this module gives its results as JSON-friendly dicts and keeps what
+pycocotools has no public API for: the count-string codec and a decoder that checks its input.
+(Measured on 20 masks of 640 x 480: pycocotools' encode 13.8 ms vs 40.2 ms for the numpy version it
+replaced, identical strings; encoding is on the serving path, in the grounding postprocess model.)
 
 The format is the one pycocotools writes, so masks we send can be decoded by any COCO tool:
 
@@ -46,23 +50,18 @@ def encode(mask: np.ndarray, compressed: bool = True) -> RLE:
     ``compressed=True`` gives the string form pycocotools' ``mask.encode`` produces (as ``str``);
     ``compressed=False`` the list-of-ints form.
     """
+    from pycocotools import mask as coco_mask
+
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
     height, width = (int(s) for s in mask.shape)
-    flat = mask.astype(bool, copy=False).ravel(order="F")
-    if flat.size == 0:
-        # pycocotools writes a single zero-length run of 0s for an empty image.
-        counts: list[int] = [0]
+    if mask.size == 0:
+        rle: RLE = {"size": [height, width], "counts": compress_counts([0])}  # one zero-length run of 0s
     else:
-        # Run boundaries are where a pixel differs from the one before it.
-        changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-        bounds = np.concatenate(([0], changes, [flat.size]))
-        runs = np.diff(bounds).tolist()
-        # Counts always start with the 0s run; a mask whose first pixel is set starts with 0.
-        counts = [0, *runs] if flat[0] else runs
-    rle: RLE = {"size": [height, width], "counts": counts}
-    return to_compressed(rle) if compressed else rle
+        coded = coco_mask.encode(np.asfortranarray(mask != 0, dtype=np.uint8))
+        rle = {"size": [height, width], "counts": coded["counts"].decode("ascii")}
+    return rle if compressed else to_uncompressed(rle)
 
 
 def decode(rle: RLE) -> np.ndarray:
@@ -81,36 +80,16 @@ def decode(rle: RLE) -> np.ndarray:
 
 def area(rle: RLE) -> int:
     """Number of foreground pixels (the sum of the 1s runs)."""
-    counts = _counts(rle)
-    return int(sum(counts[1::2]))
+    from pycocotools import mask as coco_mask
+
+    return int(coco_mask.area(_coco(rle)))
 
 
 def to_bbox(rle: RLE) -> list[float]:
-    """Bounding box ``[x, y, w, h]`` of the foreground, as pycocotools' ``toBbox``.
+    """Bounding box ``[x, y, w, h]`` of the foreground (pycocotools' ``toBbox``), without decoding."""
+    from pycocotools import mask as coco_mask
 
-    Computed from the runs without decoding the mask.
-    """
-    height, _ = _size(rle)
-    counts = np.asarray(_counts(rle), dtype=np.int64)
-    ones = counts[1 : 2 * (counts.size // 2) : 2]
-    if height == 0 or not np.any(ones > 0):
-        return [0.0, 0.0, 0.0, 0.0]
-    ends = np.cumsum(counts)
-    # Start (inclusive) and last pixel (inclusive) of every non-empty 1s run, column-major.
-    first = ends[0 : 2 * ones.size : 2]
-    last = ends[1 : 2 * ones.size : 2] - 1
-    keep = ones > 0
-    first, last = first[keep], last[keep]
-    x0, x1 = first // height, last // height
-    y_first, y_last = first % height, last % height
-    if np.any(x1 > x0):
-        # A run that wraps into the next column covers that column's top and the previous
-        # column's bottom, so the box spans the full height.
-        y0, y1 = 0, height - 1
-    else:
-        y0, y1 = int(y_first.min()), int(y_last.max())
-    xs, xe = int(x0.min()), int(x1.max())
-    return [float(xs), float(y0), float(xe - xs + 1), float(y1 - y0 + 1)]
+    return [float(v) for v in coco_mask.toBbox(_coco(rle))]
 
 
 def is_rle(obj: Any) -> bool:
@@ -173,6 +152,17 @@ def decompress_counts(text: str | bytes) -> list[int]:
             x += counts[-2]
         counts.append(x)
     return counts
+
+
+def _coco(rle: RLE) -> dict:
+    """The compressed form as pycocotools takes it (``counts`` as bytes)."""
+    height, width = _size(rle)
+    counts = rle["counts"]
+    if isinstance(counts, str):
+        counts = counts.encode("ascii")
+    elif not isinstance(counts, (bytes, bytearray)):
+        counts = compress_counts(counts).encode("ascii")
+    return {"size": [height, width], "counts": bytes(counts)}
 
 
 def _size(rle: RLE) -> tuple[int, int]:

@@ -14,8 +14,8 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from bubogpt.grounding import grounding_dino, ram, sam
-from bubogpt.grounding.gdino_config import GDINO_PRESETS
-from bubogpt.grounding.gdino_text import caption_from_tags, load_tokenizer, tokenize
+from bubogpt.grounding.grounding_dino.config import GDINO_PRESETS
+from bubogpt.grounding.grounding_dino.preprocessing import caption_from_tags, load_tokenizer, tokenize
 from bubogpt.grounding.pipeline import GroundingConfig, clean_phrase, clip_box, fill_small_holes
 from bubogpt.grounding.rle import encode
 
@@ -38,14 +38,14 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         with open(os.path.join(version_dir, "bubo.json")) as handle:
             settings = json.load(handle)
-        self.cfg = GroundingConfig(**settings["config"])
+        self.config = GroundingConfig(**settings["config"])
         self.tag_list = settings["tag_list"]
         self.thresholds = torch.tensor(settings["thresholds"], dtype=torch.float32)
         self.deleted = tuple(settings.get("deleted_tags", ()))
         text_dir = os.path.join(version_dir, "text_encoder")
         self.tokenizer = load_tokenizer(text_dir)
-        self.detector_cfg = GDINO_PRESETS[self.cfg.detector].with_text_encoder_dir(text_dir)
-        self.sam_cfg = sam.SAM_PRESETS[self.cfg.segmenter]
+        self.detector_cfg = GDINO_PRESETS[self.config.detector].with_text_encoder_dir(text_dir)
+        self.sam_cfg = sam.SAM_PRESETS[self.config.segmenter]
         torch.set_num_threads(1)
 
     def ground_one(self, probs, detector_pixels, embeddings, sizes):
@@ -58,8 +58,8 @@ class TritonPythonModel:
         logits, boxes = _call("detector", {"PIXELS": detector_pixels[None], **{name: t.numpy() for name, t in zip(DETECTOR_INPUTS, text)}},
                               ("PRED_LOGITS", "PRED_BOXES"))
         detections = grounding_dino.postprocess(torch.from_numpy(logits), torch.from_numpy(boxes), text.input_ids,
-                                                self.tokenizer, (height, width), self.cfg.box_threshold, self.cfg.text_threshold)
-        detections = [d._replace(phrase=clean_phrase(d.phrase)) for d in detections[: self.cfg.max_entities]]
+                                                self.tokenizer, (height, width), self.config.box_threshold, self.config.text_threshold)
+        detections = [d._replace(phrase=clean_phrase(d.phrase)) for d in detections[: self.config.max_entities]]
         detections = [d for d in detections if d.phrase]
         if not detections:
             return empty
@@ -67,7 +67,7 @@ class TritonPythonModel:
         prompts = sam.transform_boxes(xyxy, (height, width), self.sam_cfg)
         low_res, _ = _call("sam_prompt_decoder", {"EMBEDDINGS": embeddings[None], "BOXES": prompts[None]}, ("LOW_RES_MASKS", "IOU"))
         mask_logits = sam.postprocess_masks(torch.from_numpy(low_res[0]), (input_h, input_w), (height, width), self.sam_cfg)
-        masks = [fill_small_holes(m, self.cfg.hole_area) for m in sam.masks_from_logits(mask_logits).numpy()]
+        masks = [fill_small_holes(m, self.config.hole_area) for m in sam.masks_from_logits(mask_logits).numpy()]
         rles = [json.dumps(encode(m)) for m in masks]
         return tags, [d.phrase for d in detections], np.array([d.score for d in detections], np.float32), xyxy, rles
 

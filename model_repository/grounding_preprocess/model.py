@@ -12,7 +12,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from bubogpt.grounding import grounding_dino, ram, sam
-from bubogpt.grounding.gdino_config import GDINO_PRESETS
+from bubogpt.grounding.grounding_dino.config import GDINO_PRESETS
 from bubogpt.image import ImageDecodeError, decode_image
 
 

@@ -37,8 +37,8 @@ from typing import Any, Union
 
 import torch
 
-from bubogpt.grounding.gdino_swin import relative_position_index
-from bubogpt.grounding.grounding_dino import GroundingDino
+from bubogpt.grounding.grounding_dino.model import GroundingDino
+from bubogpt.grounding.swin import relative_position_index
 from bubogpt.official_checkpoints import CheckpointError, LoadReport
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def grounding_dino_key_map(model: GroundingDino) -> dict[str, str]:
 
 def checked_keys(model: GroundingDino) -> dict[str, torch.Tensor | str]:
     """Official keys verified but not loaded: expected value, or the official key they must equal."""
-    cfg = model.cfg
+    cfg = model.config
     checks: dict[str, torch.Tensor | str] = {
         "bert.embeddings.position_ids": torch.arange(cfg.text.max_positions)[None],
     }
