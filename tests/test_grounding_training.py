@@ -1,4 +1,4 @@
-"""Training of the tiny grounding nets (training/grounding.py) on a tiny world corpus: fast checks only."""
+"""Training of the tiny grounding nets (training/grounding/) on a tiny world corpus: fast checks only."""
 
 from pathlib import Path
 
@@ -86,11 +86,11 @@ def test_samples_match_the_pipeline_preprocessing(samples, corpus, tmp_path):
     s = samples[0]
     p = fresh(tmp_path)
     assert torch.equal(G.tagger_batch([s], p.tagger.config, None)[0], ram.preprocess_image(image, p.tagger.config))
-    dpix, _ = gdino.preprocess_image(image, p.detector.cfg)
-    assert torch.allclose(G._normalise(s.det_pixels[None], p.detector.cfg.pixel_mean, p.detector.cfg.pixel_std), dpix, atol=1e-6)
-    spix, hw = sam.preprocess_image(np.asarray(image), p.segmenter_encoder.cfg)
+    dpix, _ = gdino.preprocess_image(image, p.detector.config)
+    assert torch.allclose(G.normalise(s.det_pixels[None], p.detector.config.pixel_mean, p.detector.config.pixel_std), dpix, atol=1e-6)
+    spix, hw = sam.preprocess_image(np.asarray(image), p.segmenter_encoder.config)
     assert hw == s.sam_hw
-    assert torch.allclose(G._sam_normalise([s], p.segmenter_encoder.cfg)[0], torch.from_numpy(spix), atol=1e-5)
+    assert torch.allclose(G.sam_normalise([s], p.segmenter_encoder.config)[0], torch.from_numpy(spix), atol=1e-5)
     assert len(s.kinds) == len(scene.objects) and s.tags == scene.tags
 
 
@@ -101,9 +101,9 @@ def test_training_forward_equals_the_exported_forward(samples, tmp_path, threads
     pixels, text, _ = G.detector_batch(batch, p.detector, p.tokenizer, p.tag_list, None)
     with torch.no_grad():
         logits, boxes = p.detector(pixels, *text)
-        out = G.detector_forward_train(p.detector, pixels, *text)
+        out = p.detector.forward_with_aux(pixels, *text)
     assert torch.equal(out["pred_logits"], logits) and torch.equal(out["pred_boxes"], boxes)
-    assert len(out["aux"]) == p.detector.cfg.num_decoder_layers - 1
+    assert len(out["aux"]) == p.detector.config.num_decoder_layers - 1
     assert out["enc"]["pred_logits"].shape == logits.shape and out["enc"]["pred_boxes"].shape == boxes.shape
 
 
@@ -145,7 +145,7 @@ def test_a_few_steps_reduce_each_loss(samples, tmp_path, threads):
     # segmenter
     enc, dec = p.segmenter_encoder, p.segmenter_decoder
     with_objects = [s for s in samples if s.kinds][:2]
-    pixels, owners, boxes, targets = G.segmenter_batch(with_objects, enc.cfg, None)
+    pixels, owners, boxes, targets = G.segmenter_batch(with_objects, enc.config, None)
     opt = torch.optim.AdamW(list(enc.parameters()) + list(dec.parameters()), lr=2e-3)
 
     def seg_step():
@@ -228,11 +228,11 @@ def test_threshold_tuning_picks_from_the_grid_and_is_saved(trained, corpus, thre
     assert tuning["box_threshold"] in G.BOX_THRESHOLDS + (0.25,) and tuning["text_threshold"] in G.TEXT_THRESHOLDS + (0.2,)
     assert report["config"]["box_threshold"] == tuning["box_threshold"]
     assert report["config"]["text_threshold"] == tuning["text_threshold"]
-    assert load_grounding(out).cfg.box_threshold == tuning["box_threshold"]
+    assert load_grounding(out).config.box_threshold == tuning["box_threshold"]
     # on the pipeline it tunes: the chosen pair is at least as good as the pipeline's own pair
     pipe = load_grounding(out)
     items = G.load_images(corpus, [0, 2, 5])
     assert [scene.tags for _, scene in items] == [s.tags for i, (_, s) in enumerate(read_grounding(corpus)) if i in (0, 2, 5)]
     result = G.tune_detection_thresholds(pipe, items, box_thresholds=(0.3, 0.5), text_thresholds=(0.3,))
     assert result["objects"]["f1"] >= result["default"]["f1"]
-    assert (pipe.cfg.box_threshold, pipe.cfg.text_threshold) == (result["box_threshold"], result["text_threshold"])
+    assert (pipe.config.box_threshold, pipe.config.text_threshold) == (result["box_threshold"], result["text_threshold"])

@@ -127,13 +127,13 @@ def test_quick_recipe_writes_a_loadable_trained_model(tmp_path):
 
 def test_bubo_eval_scores_models_side_by_side(tmp_path, capsys):
     """`bubo eval` with the same model twice: two columns, identical (greedy, deterministic) numbers."""
-    from bubogpt.cli import main
+    from bubo_cli.main import main
     from bubogpt.defaults import default_model_dir
 
     out = tmp_path / "metrics.json"
     model = str(default_model_dir())
     assert main(["eval", "--model", model, "--model", model, "--images", "6", "--limit", "6",
-                 "--corpus-dir", str(tmp_path / "corpus"), "--json", str(out), "--overlays", str(tmp_path / "overlays")]) == 0
+                 "--corpus-dir", str(tmp_path / "corpus"), "--json-out", str(out), "--overlays", str(tmp_path / "overlays")]) == 0
     columns = json.loads(out.read_text())
     assert len(columns) == 2
     first, second = columns.values()

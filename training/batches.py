@@ -97,7 +97,7 @@ class Formatter:
         question_templates: dict[str, Sequence[str]] | None = None,
     ):
         self.tokenizer = tokenizer
-        self.cfg = cfg
+        self.config = cfg
         self.stage = stage
         self.seed = seed
         self.end_sym = end_sym

@@ -1,12 +1,9 @@
-"""`bubo train stage1|stage2 --config FILE [--resume CKPT]`.
+"""The training layer's subcommand: `bubo train stage1|stage2 --config FILE [--resume CKPT]` and
+`bubo train nano`.
 
-Wired into `bubogpt/cli.py` with:
-
-    from training.cli import add_train_parser
-    add_train_parser(sub)
-
-(imports of the training code happen only when the command runs). Multi-GPU: launch the same command
-with torchrun, e.g. `torchrun --nproc-per-node 8 -m bubogpt.cli train stage2 --config ...`.
+Registered by the `bubo` command (bubo_cli/main.py); the training code is imported only when the
+command runs. Multi-GPU: launch the same command with torchrun, e.g.
+`torchrun --nproc-per-node 8 -m bubo_cli train stage2 --config ...`.
 """
 
 from __future__ import annotations
@@ -46,13 +43,15 @@ def _train_nano(args: argparse.Namespace) -> int:
     from training.nano.report import print_report
 
     print_report(report)
-    if args.report:
-        with open(args.report, "w") as handle:
+    if args.json:
+        print(json.dumps(report, indent=2))
+    if args.json_out:
+        with open(args.json_out, "w") as handle:
             json.dump(report, handle, indent=2)
     return 0
 
 
-def add_train_parser(subparsers) -> argparse.ArgumentParser:
+def register(subparsers) -> argparse.ArgumentParser:
     train = subparsers.add_parser("train", help="stage 1 / stage 2 training (see training/configs/); `nano`: the built-in default")
     stages = train.add_subparsers(dest="stage", required=True, metavar="{stage1,stage2,nano}")
     nano = stages.add_parser("nano", help="train every part of the nano model on the synthetic world (about an hour on 2 cores)")
@@ -61,7 +60,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     nano.add_argument("--seed", type=int, default=0)
     nano.add_argument("--quick", action="store_true", help="tiny sizes: the whole recipe in a few minutes (smoke test)")
     nano.add_argument("--no-ablation", action="store_true", help="skip stage 2 without negative pairs")
-    nano.add_argument("--report", help="also write the report JSON here")
+    nano.add_argument("--json", action="store_true", help="also print the report as JSON to stdout")
+    nano.add_argument("--json-out", help="also write the report JSON to this file")
     nano.add_argument("--grounding-from", help="reuse grounding nets trained by `python -m training.grounding --out DIR` (skips that lane)")
     nano.add_argument("--no-progress", action="store_true")
     nano.set_defaults(func=_train_nano)

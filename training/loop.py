@@ -47,11 +47,12 @@ from training.datasets import (
     VGGSSInstruct,
     WavCapsJSON,
 )
-from training.export import export_official, save_trained_model
-from training.metrics import MetricsLog
 from training.negatives import NegativePairs
+from training.run_outputs import export_official, save_trained_model
 from training.seeding import capture_rng, restore_rng, seed_everything
 from training.stages import STAGE_END_SYM, TrainStep, autocast_context, freeze, trainable_components
+from training.step_log import MetricsLog
+from training.steps import optimizer_step
 from training.stream import Mixture, NegativeStream, SourceStream
 
 log = logging.getLogger(__name__)
@@ -187,21 +188,21 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, *, model=None, llm=None, tokenizer=None):
         """`model`, `llm`, `tokenizer` may be given already loaded (then `cfg.base_model` still names
         the base directory, whose LLM folder the output links to)."""
-        self.cfg = cfg
+        self.config = cfg
         self.dist = DistInfo.from_env()
         self.out = Path(cfg.output_dir)
         self._preloaded = (model, llm, tokenizer)
 
     # ---- setup -----------------------------------------------------------------------------------
     def _base_dir(self) -> Path:
-        if self.cfg.base_model:
-            return Path(self.cfg.base_model)
+        if self.config.base_model:
+            return Path(self.config.base_model)
         from bubogpt.defaults import default_model_dir
 
         return default_model_dir()
 
     def _setup(self) -> None:
-        cfg = self.cfg
+        cfg = self.config
         if self.dist.enabled and not torch.distributed.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
             torch.distributed.init_process_group(backend=backend)
@@ -263,7 +264,7 @@ class Trainer:
         self.mixture = build_mixture(cfg, readers, self.dist.world_size, self.dist.rank)
         llava = [ds.name for ds in cfg.data.datasets if ds.kind == "llava" and ds.question_templates]
         self.formatter = Formatter(
-            tokenizer, model.cfg, cfg.stage, cfg.seed,
+            tokenizer, model.config, cfg.stage, cfg.seed,
             end_sym=cfg.data.end_sym if cfg.data.end_sym is not None else STAGE_END_SYM[cfg.stage],
             max_answer_tokens=cfg.data.max_answer_tokens, system_prompt=cfg.data.system_prompt,
             paired_order=cfg.data.paired_order, question_templates=llava_templates(llava),
@@ -275,7 +276,7 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
-            "stage": self.cfg.stage,
+            "stage": self.config.stage,
             "step": self.step,
             "trainable": {n: p.detach().to("cpu", copy=True) for n, p in self.params},
             "optimizer": self.optimizer.state_dict(),
@@ -283,7 +284,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng(),
             "data": data_state,
-            "config": self.cfg.to_dict(),
+            "config": self.config.to_dict(),
         }
 
     def save_checkpoint(self, data_state: dict[str, Any]) -> Path | None:
@@ -295,7 +296,7 @@ class Trainer:
         tmp = path.with_name(path.name + ".tmp")
         torch.save(self._checkpoint_state(data_state), tmp)
         os.replace(tmp, path)
-        for old in list_checkpoints(directory)[: -self.cfg.keep_checkpoints]:
+        for old in list_checkpoints(directory)[: -self.config.keep_checkpoints]:
             old.unlink()
         log.info("checkpoint %s", path)
         return path
@@ -304,14 +305,14 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("format") != CHECKPOINT_FORMAT or state.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{path}: not a BuboGPT training checkpoint (format {state.get('format')!r} v{state.get('version')!r})")
-        if state["stage"] != self.cfg.stage:
-            raise ValueError(f"{path}: a {state['stage']} checkpoint cannot resume {self.cfg.stage}")
+        if state["stage"] != self.config.stage:
+            raise ValueError(f"{path}: a {state['stage']} checkpoint cannot resume {self.config.stage}")
         names = [n for n, _ in self.params]
         if list(state["trainable"]) != names:
             raise ValueError(f"{path}: trains {sorted(state['trainable'])}, this config trains {sorted(names)}")
         old = state["config"]
         for key in ("seed", "data", "optim"):
-            if old.get(key) != self.cfg.to_dict()[key]:
+            if old.get(key) != self.config.to_dict()[key]:
                 log.warning("%s: config field %r differs from the checkpoint's; the run will not match an uninterrupted one", path, key)
         with torch.no_grad():
             for name, param in self.params:
@@ -327,14 +328,14 @@ class Trainer:
     # ---- training --------------------------------------------------------------------------------
     def fit(self, resume: str | os.PathLike | None = None) -> list[dict[str, Any]]:
         self._setup()
-        cfg = self.cfg
+        cfg = self.config
         if resume:
             self.load_checkpoint(find_checkpoint(resume, cfg.output_dir))
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         metrics = MetricsLog(self.out, tensorboard=cfg.tensorboard, enabled=self.dist.main)
-        loader = BatchLoader(self.mixture, self.formatter, self.model.cfg, skip_bad=cfg.data.skip_bad,
+        loader = BatchLoader(self.mixture, self.formatter, self.model.config, skip_bad=cfg.data.skip_bad,
                              num_workers=cfg.data.num_workers, prefetch_batches=cfg.data.prefetch_batches,
                              skip_decode=self.step_module.cached)
         module = self.ddp or self.step_module
@@ -367,12 +368,7 @@ class Trainer:
                     samples += len(batch)
                     sources[batch.source] += len(batch)
                     data_state = batch.state
-                grad_norm = None
-                if cfg.optim.max_grad_norm > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in self.params], cfg.optim.max_grad_norm))
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                grad_norm = optimizer_step(self.optimizer, [p for _, p in self.params], cfg.optim.max_grad_norm, self.scaler)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
                 self.step += 1
@@ -411,10 +407,10 @@ class Trainer:
 
     def export(self) -> Path:
         """Writes `model/` (our format) and, unless disabled, `bubogpt.pth` (official keys)."""
-        provenance = {"kind": "trained", "stage": self.cfg.stage, "steps": self.step, "base_model": str(Path(self.base).resolve()),
-                      "trainable": list(self.trainable), "datasets": [ds.name for ds in self.cfg.data.datasets]}
-        model_dir = save_trained_model(self.model, self.out / "model", model_llm_dir(self.base), self.cfg.llm_output, provenance)
-        if self.cfg.export_official:
-            export_official(self.model, self.out / "bubogpt.pth", include_vision_qformer=self.cfg.export_vision_qformer)
-        log.info("wrote %s%s", model_dir, " and bubogpt.pth" if self.cfg.export_official else "")
+        provenance = {"kind": "trained", "stage": self.config.stage, "steps": self.step, "base_model": str(Path(self.base).resolve()),
+                      "trainable": list(self.trainable), "datasets": [ds.name for ds in self.config.data.datasets]}
+        model_dir = save_trained_model(self.model, self.out / "model", model_llm_dir(self.base), self.config.llm_output, provenance)
+        if self.config.export_official:
+            export_official(self.model, self.out / "bubogpt.pth", include_vision_qformer=self.config.export_vision_qformer)
+        log.info("wrote %s%s", model_dir, " and bubogpt.pth" if self.config.export_official else "")
         return model_dir

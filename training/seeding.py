@@ -1,4 +1,8 @@
-"""Deterministic seeds and the process RNG states that a checkpoint carries."""
+"""Deterministic seeds and the process RNG states that a checkpoint carries.
+
+torch is imported inside the functions that use it: the synthetic world (training.world, numpy and PIL
+only, so corpus generation starts fast) takes `derive_seed` from here.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import random
 from typing import Any
 
 import numpy as np
-import torch
 
 
 def derive_seed(*parts: Any) -> int:
@@ -17,6 +20,9 @@ def derive_seed(*parts: Any) -> int:
 
 
 def seed_everything(seed: int) -> None:
+    """Seeds Python's, NumPy's and torch's global generators."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -24,6 +30,8 @@ def seed_everything(seed: int) -> None:
 
 def capture_rng() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) generator states, as tensors/plain data (loadable weights_only)."""
+    import torch
+
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": _python_state_to_plain(random.getstate()),
@@ -37,6 +45,8 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    import torch
+
     random.setstate(_python_state_from_plain(state["python"]))
     numpy_state = state["numpy"]
     np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],

@@ -138,7 +138,7 @@ class TrainStep(nn.Module):
             tensor = batch.decoded.get(key)
             if tensor is None:  # evicted between planning and use: decode now
                 modality, ref = next(refs[m] for refs in batch.media for m in refs if refs[m][0] == key)
-                tensor = decode_media(ref, modality, self.model.cfg)
+                tensor = decode_media(ref, modality, self.model.config)
             return tensor
 
         # modality embeddings, one call per modality for the whole batch

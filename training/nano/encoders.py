@@ -14,7 +14,6 @@ served front ends), so the encoders see what the server feeds them.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -27,8 +26,8 @@ from bubogpt.config import BuboConfig
 from bubogpt.image import image_bytes_to_pixels
 from bubogpt.qformer import QFormer
 from bubogpt.vision_encoder import EvaViT
-from training.schedule import cosine_lr
 from training.nano.sketch import PAD, VOCABULARY, audio_sketch, image_sketch
+from training.steps import train_steps
 from training.world import derive_seed
 from training.world.scene import COLORS, OBJECT_KINDS, make_scene
 from training.world.sound import SOUND_NAMES, make_sound
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = (PAD, *VOCABULARY)
 CLASS_INDEX = {word: i for i, word in enumerate(CLASSES)}
-JPEG_QUALITY = 92
 
 
 class SlotTagger(nn.Module):
@@ -111,7 +109,7 @@ def image_set(cfg: BuboConfig, seed: int, count: int, progress: bool = False) ->
     inputs, targets, dense = [], [], []
     for i in tqdm(range(count), desc="images", disable=not progress, unit="img"):
         scene = make_scene(derive_seed(seed, "encoder-scene", i))
-        inputs.append(image_bytes_to_pixels(scene.jpeg(JPEG_QUALITY), cfg.vision).to(torch.float16))
+        inputs.append(image_bytes_to_pixels(scene.jpeg(), cfg.vision).to(torch.float16))
         targets.append(_targets(image_sketch(scene, cfg.vision_qformer.num_queries)))
         dense.append(patch_labels(scene, grid))
     return MediaSet(torch.stack(inputs), torch.tensor(targets), torch.stack(dense))
@@ -148,44 +146,42 @@ def evaluate_slots(model: SlotTagger, data: MediaSet, batch_size: int = 64) -> d
 def train_slots(model: SlotTagger, train: MediaSet, held_out: MediaSet, *, steps: int, batch_size: int = 32,
                 lr: float = 2e-3, seed: int = 0, name: str = "encoder", progress: bool = True,
                 augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None) -> dict:
-    from tqdm import tqdm
-
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     weights = torch.ones(len(CLASSES))
     weights[CLASS_INDEX[PAD]] = 0.5  # most slots are padding (absent kinds); the content slots matter more
-    start = time.time()
     model.train()
-    bar = tqdm(range(steps), desc=f"{name} pre-training", disable=not progress, unit="step")
-    for step in bar:
+
+    def loss_of(step: int):
         index = torch.randint(len(train), (batch_size,), generator=generator)
         inputs = train.inputs[index].float()
         if augment is not None:
             inputs = augment(inputs, generator)
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr, warmup=max(1, steps // 20))
         if train.dense is not None and model.dense_head is not None:
             logits, dense = model(inputs, dense=True)
-            kinds, colors = len(DENSE_KINDS), len(DENSE_COLORS)
-            target = train.dense[index]
-            dense_loss = nn.functional.cross_entropy(dense[..., :kinds].flatten(0, 1), target[..., 0].flatten()) + \
-                nn.functional.cross_entropy(dense[..., kinds : kinds + colors].flatten(0, 1), target[..., 1].flatten())
-            if dense.shape[-1] > kinds + colors:  # where each patch is, linearly: object places survive pooling
-                dense_loss = dense_loss + POSITION_WEIGHT * nn.functional.mse_loss(dense[..., kinds + colors :], patch_xy(dense.shape[1]).expand_as(dense[..., kinds + colors :]))
+            dense_loss = dense_patch_loss(dense, train.dense[index])
         else:
             logits, dense_loss = model(inputs), 0.0
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), train.targets[index].flatten(), weight=weights) + dense_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if step % 20 == 0:
-            slot, _ = slot_accuracy(logits.detach(), train.targets[index])
-            bar.set_postfix(loss=f"{loss.item():.3f}", slot=f"{slot:.3f}")
-    report = {"steps": steps, "seconds": round(time.time() - start, 1), "train_loss": round(loss.item(), 4),
+        slot, _ = slot_accuracy(logits.detach(), train.targets[index])
+        return loss, {"slot": slot}
+
+    result = train_steps(model.parameters(), loss_of, steps=steps, lr=lr, weight_decay=0.05,
+                         label=f"{name} pre-training", progress=progress)
+    report = {"steps": steps, "seconds": round(result.seconds, 1), "train_loss": round(result.losses[-1], 4),
               **evaluate_slots(model, held_out)}
     model.eval()
     return report
+
+
+def dense_patch_loss(dense: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-patch kind and colour cross-entropy (+ the patch's place, when the head predicts it)."""
+    kinds, colors = len(DENSE_KINDS), len(DENSE_COLORS)
+    loss = nn.functional.cross_entropy(dense[..., :kinds].flatten(0, 1), target[..., 0].flatten()) + \
+        nn.functional.cross_entropy(dense[..., kinds : kinds + colors].flatten(0, 1), target[..., 1].flatten())
+    if dense.shape[-1] > kinds + colors:  # where each patch is, linearly: object places survive pooling
+        place = dense[..., kinds + colors :]
+        loss = loss + POSITION_WEIGHT * nn.functional.mse_loss(place, patch_xy(dense.shape[1]).expand_as(place))
+    return loss
 
 
 def vision_slot_tagger(cfg: BuboConfig) -> SlotTagger:

@@ -2,7 +2,7 @@
 
     bubo eval                                      # the built-in default on a fresh seed-1000 corpus
     bubo eval --model A --model B --tasks source,negative      # side by side (e.g. the ablation)
-    bubo eval --server localhost:50051             # through a running `bubo serve`
+    bubo eval --server localhost:50051             # through a running `bubo serve` (bubo_cli/evaluate.py)
 
 Predictions come from the PyTorch reference pipeline (greedy, the served template) and the PyTorch
 grounding pipeline, or from the server's Chat stream (answer + grounded entities). The held-out corpus
@@ -89,33 +89,6 @@ def reference_predictor(model_dir: str | Path | None = None, grounding: bool = T
             found = grounder(Image.open(io.BytesIO(image)).convert("RGB"))
             prediction["entities"] = [{"label": e.label, "score": e.score, "box_xyxy": list(e.box_xyxy), "mask": e.mask}
                                       for e in found.entities]
-        return prediction
-
-    return predict
-
-
-def server_predictor(address: str, timeout: float = 120.0) -> Predictor:
-    """Answers and grounded entities from a running `bubo serve` (greedy)."""
-    import grpc
-
-    from bubogpt.grounding import rle
-    from serving.client import chat_request, collect
-    from serving.proto import bubo_pb2_grpc
-
-    channel = grpc.insecure_channel(address)
-    stub = bubo_pb2_grpc.BuboStub(channel)
-
-    def predict(text: str, image: bytes | None, audio: bytes | None, ground: bool) -> dict[str, Any]:
-        request = chat_request(text, image=image or b"", audio=audio or b"", ground=ground and image is not None,
-                               max_new_tokens=MAX_NEW_TOKENS)
-        result = collect(stub.Chat(request, timeout=timeout))
-        prediction: dict[str, Any] = {"answer": result.text}
-        if ground and image is not None:
-            prediction["entities"] = [
-                {"label": e.label, "score": e.score, "box_xyxy": [e.box.x0, e.box.y0, e.box.x1, e.box.y1],
-                 "mask": rle.decode({"size": [e.mask.height, e.mask.width], "counts": e.mask.counts})}
-                for e in result.entities
-            ]
         return prediction
 
     return predict

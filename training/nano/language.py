@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from bubogpt.prompt import SYSTEM_TEXT, Turn, build_prompt, tokenize_segments
-from training.schedule import cosine_lr
+from training.batches import IGNORE_INDEX
 from training.nano.sketch import PAD, VOCABULARY, audio_sketch, image_sketch, word_ids
 from training.prompts import AUDIO, AUDIO_IMAGE, IMAGE, NEGATIVE
+from training.steps import train_steps
 from training.world import derive_seed
 from training.world import language as lang
 from training.world.scene import make_scene
@@ -30,7 +30,6 @@ from training.world.sound import SOUND_NAMES, SOURCE_SOUNDS, make_sound
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 NUM_QUERIES = 32
 
 # How often each kind of example is drawn (stage-1 captions, image / audio / paired dialogues).
@@ -175,35 +174,32 @@ def lm_loss(llm, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | N
 def pretrain_llm(llm, train: Sequence[Example], held_out: Sequence[Example], *, steps: int, batch_size: int = 32,
                  lr: float = 3e-3, seed: int = 0, pad_id: int = 0, progress: bool = True, eval_every: int = 0) -> dict:
     """Trains `llm` in place on `train`; returns a report (final losses and token accuracies)."""
-    from tqdm import tqdm
-
     generator = torch.Generator().manual_seed(seed)
     llm.train()
-    optimizer = torch.optim.AdamW(llm.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-    history = []
-    start = time.time()
-    bar = tqdm(range(steps), desc="LLM pre-training", disable=not progress, unit="step")
+    # epochs of shuffled examples; a batch never spans two epochs
     order = torch.randperm(len(train), generator=generator).tolist()
     cursor = 0
-    for step in bar:
+
+    def loss_of(step: int):
+        nonlocal order, cursor
         if cursor + batch_size > len(order):
             order, cursor = torch.randperm(len(train), generator=generator).tolist(), 0
         batch = [train[i] for i in order[cursor : cursor + batch_size]]
         cursor += batch_size
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr, warmup=max(1, steps // 20))
         loss, correct = lm_loss(llm, *collate(batch, pad_id))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(llm.parameters(), 1.0)
-        optimizer.step()
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct.float().mean().item():.3f}")
-        if eval_every and (step + 1) % eval_every == 0:
-            history.append({"step": step + 1, **evaluate_llm(llm, held_out, pad_id)})
+        return loss, {"acc": correct.float().mean().item()}
+
+    history = []
+
+    def evaluate(done: int) -> None:
+        if eval_every and done % eval_every == 0:
+            history.append({"step": done, **evaluate_llm(llm, held_out, pad_id)})
             llm.train()
+
+    result = train_steps(llm.parameters(), loss_of, steps=steps, lr=lr, betas=(0.9, 0.98), weight_decay=0.01,
+                         label="LLM pre-training", progress=progress, after_step=evaluate)
     llm.eval()
-    report = {"steps": steps, "seconds": round(time.time() - start, 1), "train_loss": round(loss.item(), 4),
+    report = {"steps": steps, "seconds": round(result.seconds, 1), "train_loss": round(result.losses[-1], 4),
               **evaluate_llm(llm, held_out, pad_id)}
     if history:
         report["history"] = history

@@ -12,11 +12,6 @@ gives the same bytes, and other seeds give held-out scenes.
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any
+from training.seeding import derive_seed
 
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from printable parts; the same on every machine and run (unlike hash())."""
-    digest = hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+__all__ = ["derive_seed"]

@@ -47,7 +47,6 @@ from training.world.sound import SOUND_KINDS, SOUND_NAMES, SOURCE_SOUNDS, Sound,
 
 VERSION = 1
 SHARD_SIZE = 500
-JPEG_QUALITY = 92
 
 
 @dataclass
@@ -135,7 +134,7 @@ def make_item(seed: int, dataset: str, index: int) -> Item:
         key = f"{index:07d}"
         shard = f"images/world-{index // SHARD_SIZE:06d}.tar"
         text = language.caption(scene, rng)
-        item.files = [(f"{shard}#{key}.jpg", scene.jpeg(JPEG_QUALITY)), (f"{shard}#{key}.txt", text.encode())]
+        item.files = [(f"{shard}#{key}.jpg", scene.jpeg()), (f"{shard}#{key}.txt", text.encode())]
         item.grounding = _grounding_entry(scene, shard, f"{key}.jpg")
         item.texts = _scene_texts(scene, rng)
         item.evals = [_image_eval(f"captions/{key}", "caption", {"file": shard, "member": f"{key}.jpg"}, "", text, scene)]
@@ -144,7 +143,7 @@ def make_item(seed: int, dataset: str, index: int) -> Item:
         image_id = str(index + 1)
         path = f"cc_sbu_align/image/{image_id}.jpg"
         text = language.description(scene, rng)
-        item.files = [(path, scene.jpeg(JPEG_QUALITY))]
+        item.files = [(path, scene.jpeg())]
         item.record = {"image_id": image_id, "caption": text}
         item.grounding = _grounding_entry(scene, path)
         item.texts = _scene_texts(scene, rng)
@@ -158,7 +157,7 @@ def make_item(seed: int, dataset: str, index: int) -> Item:
         for i, qa in enumerate(qas):
             conversations.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + qa.question})
             conversations.append({"from": "gpt", "value": qa.answer})
-        item.files = [(path, scene.jpeg(JPEG_QUALITY))]
+        item.files = [(path, scene.jpeg())]
         item.record = {"id": ident, "image": f"{ident}.jpg", "conversations": conversations}
         item.grounding = _grounding_entry(scene, path)
         item.texts = _scene_texts(scene, rng) + [
@@ -184,7 +183,7 @@ def make_item(seed: int, dataset: str, index: int) -> Item:
             answer = language.unrelated_answer(scene, sound, rng)
             truth = {"related": False}
         audio_path, image_path = f"{dataset}/audio/{ident}.wav", f"{dataset}/image/{ident}.jpg"
-        item.files = [(audio_path, sound.wav()), (image_path, scene.jpeg(JPEG_QUALITY))]
+        item.files = [(audio_path, sound.wav()), (image_path, scene.jpeg())]
         item.record = {"audio_id": ident, "image_id": ident, "caption": answer, "instruction": instruction}
         item.grounding = _grounding_entry(scene, image_path)
         item.texts = _scene_texts(scene, rng) + _sound_texts(sound, rng) + [
@@ -274,8 +273,51 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
-def _toml_list(values: list[str]) -> str:
-    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+def _toml(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+# What stage 1 and stage 2 on the world share; each stage fills in its own lines.
+_CONFIG_HEAD = """# Stage {n} of the nano model on the synthetic world ({root}).
+#   bubo train stage{n} --config {root}/configs/stage{n}_world.toml
+{note}stage = "stage{n}"
+base_model = "{base_model}"
+output_dir = "runs/stage{n}_world"
+seed = 42
+log_every = 20
+save_every = 200
+
+[optim]
+steps = 600
+init_lr = {init_lr}
+min_lr = 1e-4
+warmup_lr = 1e-6
+warmup_steps = 30
+weight_decay = 0.05
+
+[data]
+batch_size = 8
+shuffle_block = 500
+feature_cache_items = 4096
+"""
+
+
+def _config_text(n: int, root: Path, *, base_model: str, init_lr: str, data: dict[str, Any],
+                 datasets: list[dict[str, Any]], note: str = "") -> str:
+    """A stage config: the shared head, the stage's [data] fields, one [[data.datasets]] table per set
+    (name and kind first, ratio last)."""
+    text = _CONFIG_HEAD.format(n=n, root=root, note=note, base_model=base_model, init_lr=init_lr)
+    text += "".join(f"{key} = {_toml(value)}\n" for key, value in data.items())
+    for dataset in datasets:
+        fields = dict(dataset)
+        ratio = fields.pop("ratio")
+        text += "\n[[data.datasets]]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in fields.items())
+        text += f"ratio = {ratio}\n"
+    return text
 
 
 def write_configs(root: Path, sizes: CorpusSizes) -> dict[str, Path]:
@@ -283,106 +325,27 @@ def write_configs(root: Path, sizes: CorpusSizes) -> dict[str, Path]:
     r = root.resolve()
     shards = (sizes.captions - 1) // SHARD_SIZE
     shard_glob = f"{r}/images/world-{{000000..{shards:06d}}}.tar"
-    stage1 = f'''# Stage 1 of the nano model on the synthetic world ({r}).
-#   bubo train stage1 --config {r}/configs/stage1_world.toml
-stage = "stage1"
-base_model = ""
-output_dir = "runs/stage1_world"
-seed = 42
-log_every = 20
-save_every = 200
-
-[optim]
-steps = 600
-init_lr = 1e-3
-min_lr = 1e-4
-warmup_lr = 1e-6
-warmup_steps = 30
-weight_decay = 0.05
-
-[data]
-batch_size = 8
-shuffle_block = 500
-feature_cache_items = 4096
-max_answer_tokens = 128
-
-[[data.datasets]]
-name = "images"
-kind = "caption_shards"
-modality = "image"
-shards = {_toml_list([shard_glob])}
-ratio = 1
-
-[[data.datasets]]
-name = "wavcaps"
-kind = "wavcaps"
-annotations = {_toml_list([f"{r}/wavcaps/world_captions.json"])}
-audio_dir = "{r}/wavcaps/audio"
-ratio = 1
-'''
-    stage2 = f'''# Stage 2 of the nano model on the synthetic world ({r}).
-#   bubo train stage2 --config {r}/configs/stage2_world.toml
-# The negatives are explicit unrelated pairs (kind "vggss" on negatives/), not random pairs.
-stage = "stage2"
-base_model = "runs/stage1_world/model"
-output_dir = "runs/stage2_world"
-seed = 42
-log_every = 20
-save_every = 200
-
-[optim]
-steps = 600
-init_lr = 3e-4
-min_lr = 1e-4
-warmup_lr = 1e-6
-warmup_steps = 30
-weight_decay = 0.05
-
-[data]
-batch_size = 8
-shuffle_block = 500
-feature_cache_items = 4096
-max_answer_tokens = 196
-system_prompt = ""
-paired_order = ["image", "audio"]
-
-[[data.datasets]]
-name = "cc_sbu_align"
-kind = "minigpt4_aligned"
-annotations = {_toml_list([f"{r}/cc_sbu_align/filter_cap.json"])}
-image_dir = "{r}/cc_sbu_align/image"
-ratio = 3
-
-[[data.datasets]]
-name = "llava"
-kind = "llava"
-annotations = {_toml_list([f"{r}/llava/llava_instruct.json"])}
-image_dir = "{r}/llava/images"
-ratio = 3
-
-[[data.datasets]]
-name = "clotho"
-kind = "clotho_detail"
-annotations = {_toml_list([f"{r}/clotho/Clotho-detail-annotation.json"])}
-audio_dir = "{r}/clotho/audio"
-ratio = 3
-
-[[data.datasets]]
-name = "vggss"
-kind = "vggss"
-annotations = {_toml_list([f"{r}/vggss/vggss-instruction-tuning.json"])}
-audio_dir = "{r}/vggss/audio"
-image_dir = "{r}/vggss/image"
-ratio = 3
-
-[[data.datasets]]
-name = "negatives"
-kind = "vggss"
-annotations = {_toml_list([f"{r}/negatives/negatives.json"])}
-audio_dir = "{r}/negatives/audio"
-image_dir = "{r}/negatives/image"
-ratio = 2
-'''
+    stage1 = _config_text(1, r, base_model="", init_lr="1e-3", data={"max_answer_tokens": 128}, datasets=[
+        {"name": "images", "kind": "caption_shards", "modality": "image", "shards": [shard_glob], "ratio": 1},
+        {"name": "wavcaps", "kind": "wavcaps", "annotations": [f"{r}/wavcaps/world_captions.json"],
+         "audio_dir": f"{r}/wavcaps/audio", "ratio": 1},
+    ])
+    stage2 = _config_text(
+        2, r, base_model="runs/stage1_world/model", init_lr="3e-4",
+        note='# The negatives are explicit unrelated pairs (kind "vggss" on negatives/), not random pairs.\n',
+        data={"max_answer_tokens": 196, "system_prompt": "", "paired_order": ["image", "audio"]},
+        datasets=[
+            {"name": "cc_sbu_align", "kind": "minigpt4_aligned", "annotations": [f"{r}/cc_sbu_align/filter_cap.json"],
+             "image_dir": f"{r}/cc_sbu_align/image", "ratio": 3},
+            {"name": "llava", "kind": "llava", "annotations": [f"{r}/llava/llava_instruct.json"],
+             "image_dir": f"{r}/llava/images", "ratio": 3},
+            {"name": "clotho", "kind": "clotho_detail", "annotations": [f"{r}/clotho/Clotho-detail-annotation.json"],
+             "audio_dir": f"{r}/clotho/audio", "ratio": 3},
+            {"name": "vggss", "kind": "vggss", "annotations": [f"{r}/vggss/vggss-instruction-tuning.json"],
+             "audio_dir": f"{r}/vggss/audio", "image_dir": f"{r}/vggss/image", "ratio": 3},
+            {"name": "negatives", "kind": "vggss", "annotations": [f"{r}/negatives/negatives.json"],
+             "audio_dir": f"{r}/negatives/audio", "image_dir": f"{r}/negatives/image", "ratio": 2},
+        ])
     paths = {"stage1": root / "configs" / "stage1_world.toml", "stage2": root / "configs" / "stage2_world.toml"}
     paths["stage1"].parent.mkdir(parents=True, exist_ok=True)
     paths["stage1"].write_text(stage1)

@@ -61,6 +61,8 @@ IMAGE_SIZES: tuple[tuple[int, int], ...] = (
 MIN_VISIBLE = 0.45  # fraction of an object's pixels that stay visible
 MIN_VISIBLE_PIXELS = 120
 OCCLUSION_MIN = 0.03  # fraction of an object's pixels another must hide to count in occluded_by
+# one quality for every JPEG of the world: the encoders train on what the corpus holds
+JPEG_QUALITY = 92
 
 Box = tuple[int, int, int, int]
 
@@ -189,7 +191,7 @@ class Scene:
             raise ValueError("this scene has no pixels (loaded from its annotations)")
         return Image.fromarray(self.pixels, "RGB")
 
-    def encode(self, fmt: str = "PNG", quality: int = 92) -> bytes:
+    def encode(self, fmt: str = "PNG", quality: int = JPEG_QUALITY) -> bytes:
         buffer = io.BytesIO()
         if fmt.upper() in ("JPEG", "JPG"):
             self.image().save(buffer, format="JPEG", quality=quality)
@@ -200,7 +202,7 @@ class Scene:
     def png(self) -> bytes:
         return self.encode("PNG")
 
-    def jpeg(self, quality: int = 92) -> bytes:
+    def jpeg(self, quality: int = JPEG_QUALITY) -> bytes:
         return self.encode("JPEG", quality)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Training outputs: our model format, and a file with the official `bubogpt_7b.pth` keys.
+"""What a stage 1 / stage 2 run leaves in `output_dir`: `model/` in our format, and `bubogpt.pth` with
+the official `bubogpt_7b.pth` keys (not to be confused with the top-level `export/`: ONNX / TensorRT).
 
 `save_trained_model` writes every modality component with `bubogpt.weights.save_model` and puts the
 (unchanged, frozen) LLM directory of the base model beside it, as a symlink or a copy.
@@ -25,7 +26,7 @@ from bubogpt.weights import LLM_DIR, MANIFEST, save_model
 
 
 def official_state(model: BuboGPT, include_vision_qformer: bool = False) -> dict[str, torch.Tensor]:
-    key_map = bubogpt_key_map(model.cfg.audio_qformer, model.cfg.vision_qformer if include_vision_qformer else None)
+    key_map = bubogpt_key_map(model.config.audio_qformer, model.config.vision_qformer if include_vision_qformer else None)
     states = {}
     result = {}
     for official, ours in key_map.items():
