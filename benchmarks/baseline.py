@@ -8,7 +8,7 @@ Grounding DINO boxes -> SAM masks in PyTorch) and entity matching (the server's 
 Requests are served strictly one at a time: a "concurrency" level here is c clients queueing in
 front of that single server, so queueing shows up in TTFT and latency and requests/s stays that of
 one request at a time. Measured with the same records and metrics as the gRPC load generator
-(benchmarks/metrics.py).
+(benchmarks/request_stats.py).
 
 Grounding is measured on its own, as on the served side: the concurrency levels compare the chat
 path (no grounding on either side, unless `--ground-levels`), and a few image requests then run
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from benchmarks.inputs import BenchRequest, level_requests, requests_per_level, warmup_requests
 from benchmarks.memory import MemorySampler
-from benchmarks.metrics import RequestRecord, summarize
+from benchmarks.request_stats import RequestRecord, summarize
 
 GROUNDING_SKIPPED = ("grounding skipped: the model directory has no grounding models "
                      "(the demo runs RAM -> Grounding DINO -> SAM after the answer, sequentially)")
@@ -57,8 +57,8 @@ class Baseline:
 
             self.model_dir = default_model_dir()
         self.model = (await asyncio.to_thread(load_model, self.model_dir)).eval()
-        self.cfg = self.model.cfg
-        self.engine = TorchEngine(llm_dir(self.model_dir), self.cfg.vision_qformer.num_queries)
+        self.config = self.model.config
+        self.engine = TorchEngine(llm_dir(self.model_dir), self.config.vision_qformer.num_queries)
         await self.engine.start()
         if self.ground:
             from bubogpt.grounding.matching import RuleEntityMatcher
@@ -98,10 +98,10 @@ class Baseline:
         items = []
         with torch.inference_mode():
             if request.image:
-                pixels = image_bytes_to_pixels(request.image, self.cfg.vision)
+                pixels = image_bytes_to_pixels(request.image, self.config.vision)
                 items.append(ModalityEmbeds("image", self.model.embed_image(pixels[None])[0]))
             if request.audio:
-                clips = audio_bytes_to_clips(request.audio, self.cfg.audio)
+                clips = audio_bytes_to_clips(request.audio, self.config.audio)
                 items.append(ModalityEmbeds("audio", self.model.embed_audio(clips[None])[0]))
         return items
 

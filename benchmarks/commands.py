@@ -1,11 +1,11 @@
 """`bubo bench`: run a benchmark suite and write benchmarks/results/<suite>-<timestamp>/.
 
-    bubo bench --suite e2e --quick          # served stack vs baseline, minutes
-    bubo bench --suite soak                 # 1000 mixed requests with faults (kills, SIGSTOP, cancels, garbage)
-    python -m benchmarks.cli --suite perf   # the same without the `bubo` entry point
+    bubo bench --suite e2e --quick               # served stack vs baseline, minutes
+    bubo bench --suite soak                      # 1000 mixed requests with faults (kills, SIGSTOP, cancels, garbage)
+    python -m benchmarks.commands --suite perf   # the same without the `bubo` entry point
 
-Wiring into bubogpt/cli.py (build_parser):  `from benchmarks.cli import add_bench_parser` and
-`add_bench_parser(sub)`.
+Registered by the `bubo` command (bubo_cli/main.py). Paths given on the command line are made
+absolute here, so they mean the same in the load generator's subprocess as in this process.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ def _levels(text: str) -> list[int]:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    # the load generator runs in a subprocess with another working directory: absolute paths only
+    for name in ("out", "cache_dir", "weights"):
+        if getattr(args, name, None):
+            setattr(args, name, str(Path(getattr(args, name)).resolve()))
     from benchmarks.suites import SuiteOptions, SuiteSettings, run_suite
 
     if args.suite == "soak":
@@ -51,8 +55,8 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    """Registers `bench` on an argparse subparsers object (bubogpt/cli.py's `sub`)."""
+def register(subparsers) -> argparse.ArgumentParser:
+    """Registers `bench` on an argparse subparsers object."""
     bench = subparsers.add_parser("bench", help="benchmarks: served stack vs baseline, Triton encoders (perf_analyzer)",
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("--suite", choices=("quick", "e2e", "perf", "baseline", "all", "soak"), default="e2e",
@@ -84,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--log-level", default="WARNING")
     known, rest = pre.parse_known_args(argv if argv is not None else sys.argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.cli")
-    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.commands")
+    register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bench", *rest])
     logging.basicConfig(level=getattr(logging, known.log_level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -139,7 +139,7 @@ def build_benches(torch, options: Options, device, dtype, notes: list[str]) -> l
         preset_name = "tiny" if options.smoke else "swint_ogc"
         with torch.device(device):
             module = build_grounding_dino(preset_name)
-        cfg = module.cfg
+        cfg = module.config
         height, width = resized_size(640, 480, cfg.image_size, cfg.max_image_size)  # a 4:3 picture
         tokens = min(32, cfg.max_text_len)
         vocab = cfg.text.vocab_size

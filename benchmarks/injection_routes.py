@@ -78,8 +78,8 @@ async def measure_route(route: str, reference: ReferencePipeline, images: list[b
         _, cold = await run_one(engine, second, [ModalityEmbeds("image", reference.embed_image(make_image_bytes(seed=999)))], 1)
     finally:
         await engine.stop()
-    positions, hidden = warm.prompt_tokens, reference.cfg.llm.hidden
-    slots = reference.cfg.vision_qformer.num_queries
+    positions, hidden = warm.prompt_tokens, reference.config.llm.hidden
+    slots = reference.config.vision_qformer.num_queries
     # what one request carries to the engine core, in float32 on this model
     payload = {"embeds": positions * hidden * 4, "mixed": positions * (hidden * 4 + 9), "mm": slots * hidden * 4 + positions * 8}[route]
     return {

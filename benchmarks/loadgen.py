@@ -35,7 +35,7 @@ import grpc
 
 from benchmarks.inputs import BenchRequest, grounding_pair_requests, level_requests, requests_per_level, warmup_requests
 from benchmarks.memory import MemorySampler
-from benchmarks.metrics import RequestRecord, fmt, summarize
+from benchmarks.request_stats import RequestRecord, fmt, summarize
 from serving.client import chat_request
 from serving.proto import bubo_pb2_grpc
 

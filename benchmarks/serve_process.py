@@ -15,8 +15,6 @@ from pathlib import Path
 import grpc
 import psutil
 
-from benchmarks.report import REPO_ROOT
-
 HEALTH_NAMES = ("", "bubo.v1.Bubo", "triton", "llm")
 
 
@@ -29,11 +27,16 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    def __init__(self, cache_dir: Path, log_path: Path, extra_args: list[str] | tuple[str, ...] = (), env: dict | None = None):
+    """`env`/`cwd`: the child's environment and working directory (default: this process's), e.g. to
+    serve from an installed copy of the project instead of the source tree."""
+
+    def __init__(self, cache_dir: Path, log_path: Path, extra_args: list[str] | tuple[str, ...] = (), env: dict | None = None,
+                 cwd: Path | None = None):
         self.cache_dir = Path(cache_dir)
         self.log_path = Path(log_path)
         self.extra_args = list(extra_args)
         self.env = env
+        self.cwd = cwd
         self.port = free_port()
         self.metrics_port = free_port()
         self.process: subprocess.Popen | None = None
@@ -48,15 +51,14 @@ class ServeProcess:
         return self.process.pid
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "bubogpt.cli", "serve", "--port", str(self.port), "--metrics-port",
+        return [sys.executable, "-m", "bubo_cli", "serve", "--port", str(self.port), "--metrics-port",
                 str(self.metrics_port), "--cache-dir", str(self.cache_dir), *self.extra_args]
 
     def start(self, timeout_s: float = 900.0) -> "ServeProcess":
         env = dict(os.environ if self.env is None else self.env)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.command(), cwd=self.cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.inputs import make_audio_bytes, make_image_bytes
-from benchmarks.report import REPO_ROOT, machine_info, run_dir, write_results
+from benchmarks.report import machine_info, run_dir, write_results
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,9 @@ def run_loadgen_process(address: str, server_pid: int, settings: SuiteSettings, 
         "--grounding-effect-requests", str(settings.grounding_effect_requests), "--json", str(out_json),
     ] + (["--ground-levels"] if settings.ground_levels else [])
     budget = len(settings.concurrency) * (settings.time_cap_s + 60) + 2 * (4 * settings.time_cap_s + 60) + 300
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, timeout=budget)
+    # same environment and working directory as this process: what imports here imports there, and
+    # a relative path means the same in both
+    done = subprocess.run(command, timeout=budget)
     if done.returncode != 0:
         raise RuntimeError(f"the load generator failed ({done.returncode}): {' '.join(command)}")
     return json.loads(out_json.read_text())

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from bubogpt.config import AudioEncoderConfig
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # Kaldi's log floor: torch.finfo(float32).eps, as torchaudio.compliance.kaldi uses.
 _LOG_FLOOR = float(torch.finfo(torch.float32).eps)
@@ -85,7 +85,7 @@ def decode_audio(data: bytes, max_seconds: float | None = None) -> tuple[np.ndar
         raise AudioDecodeError(f"audio contains no samples ({fmt}; empty, or truncated after its header)")
     if samples.shape[0] < declared_frames:
         # libsndfile returns what it could decode; a cut-off upload still carries usable audio.
-        logger.warning(
+        log.warning(
             "audio decoded partially (%s): %d of %d declared frames; the file looks truncated",
             fmt,
             samples.shape[0],
@@ -321,5 +321,5 @@ def audio_bytes_to_clips(data: bytes, cfg: AudioEncoderConfig, max_seconds: floa
             f"unsupported sample rate {sample_rate} Hz: resampling it to {cfg.sample_rate} Hz would need "
             f"{taps} filter taps; use a common rate (8/11.025/16/22.05/24/32/44.1/48/96 kHz)"
         )
-    logger.debug("decoded audio: %d samples at %d Hz", samples.shape[0], sample_rate)
+    log.debug("decoded audio: %d samples at %d Hz", samples.shape[0], sample_rate)
     return waveform_to_clips(samples, sample_rate, cfg)

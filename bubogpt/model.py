@@ -25,7 +25,7 @@ COMPONENTS = MODALITY_COMPONENTS + ("llm",)
 class BuboGPT(nn.Module):
     def __init__(self, cfg: BuboConfig):
         super().__init__()
-        self.cfg = cfg
+        self.config = cfg
         self.vision_encoder = EvaViT(cfg.vision)
         self.vision_qformer = QFormer(cfg.vision_qformer)
         self.vision_proj = nn.Linear(cfg.vision_qformer.hidden, cfg.llm.hidden)

@@ -40,7 +40,7 @@ from bubogpt.config import AudioEncoderConfig, QFormerConfig, VisionEncoderConfi
 from bubogpt.qformer import QFormer
 from bubogpt.vision_encoder import EvaViT
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 StateDict = Mapping[str, Any]
 Checkpoint = Union[str, os.PathLike, StateDict]
@@ -285,7 +285,7 @@ def load_checkpoint_file(path: str | os.PathLike, *, allow_pickle: bool = False)
                 f"{path}: not loadable with weights_only=True ({err}). If you trust the file, "
                 "pass allow_pickle=True to unpickle it fully."
             ) from err
-        logger.warning("%s: weights_only load failed (%s); unpickling fully (allow_pickle=True)", path, err)
+        log.warning("%s: weights_only load failed (%s); unpickling fully (allow_pickle=True)", path, err)
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
@@ -309,7 +309,7 @@ def load_eva_vit_checkpoint(
     )
     ignore = list(EVA_VIT_IGNORED) + list(extra_ignore)
     if dropped:
-        logger.info("%s: dropping blocks %s (BLIP-2 keeps the first %d)", name, dropped, depth)
+        log.info("%s: dropping blocks %s (BLIP-2 keeps the first %d)", name, dropped, depth)
         ignore += [(rf"blocks\.{i}\..*", f"block {i} >= depth {depth}") for i in dropped]
     if "pos_embed" in state and torch.is_tensor(state["pos_embed"]):
         state["pos_embed"] = _resize_eva_pos_embed(state["pos_embed"], encoder, name)
@@ -390,7 +390,7 @@ def load_bubogpt_checkpoint(
     }
     if has_vision_qformer:
         targets["vision_qformer"] = vision_qformer
-        logger.info("%s: carries vision Q-Former weights; they override the BLIP-2 ones", name)
+        log.info("%s: carries vision Q-Former weights; they override the BLIP-2 ones", name)
     return _apply_key_map(
         state,
         bubogpt_key_map(audio_qformer.config, vision_qformer.config if has_vision_qformer else None),
@@ -451,7 +451,7 @@ def _resize_eva_pos_embed(pos_embed: torch.Tensor, encoder: EvaViT, name: str) -
         raise CheckpointError(
             f"{name}: cannot resize pos_embed {tuple(pos_embed.shape)} to {tuple(target.shape)}: grids are not square"
         )
-    logger.info("%s: resizing pos_embed grid %dx%d -> %dx%d (bicubic)", name, old_side, old_side, new_side, new_side)
+    log.info("%s: resizing pos_embed grid %dx%d -> %dx%d (bicubic)", name, old_side, old_side, new_side, new_side)
     width = pos_embed.shape[-1]
     pos = pos_embed.float()
     grid = pos[:, extra:].reshape(1, old_side, old_side, width).permute(0, 3, 1, 2)
@@ -528,5 +528,5 @@ def _apply_key_map(
             target = wanted[dst]
             target.copy_(state[src].to(dtype=target.dtype))
             report.loaded[dst] = src
-    logger.info("%s: loaded %d tensors, ignored %d keys", source, len(report.loaded), len(report.ignored))
+    log.info("%s: loaded %d tensors, ignored %d keys", source, len(report.loaded), len(report.ignored))
     return report

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from bubogpt.audio_features import audio_bytes_to_clips
+from bubogpt.decode import decode_tokens
 from bubogpt.image import image_bytes_to_pixels
 from bubogpt.llm import load_llm
 from bubogpt.model import BuboGPT
@@ -39,7 +40,7 @@ class ReferencePipeline:
         self.model = model.eval()
         self.llm = llm.eval()
         self.tokenizer = tokenizer
-        self.cfg = model.cfg
+        self.config = model.config
 
     @classmethod
     def from_dir(cls, directory: str | Path | None = None) -> "ReferencePipeline":
@@ -52,17 +53,17 @@ class ReferencePipeline:
 
     @torch.inference_mode()
     def embed_image(self, data: bytes) -> torch.Tensor:
-        pixels = image_bytes_to_pixels(data, self.cfg.vision)
+        pixels = image_bytes_to_pixels(data, self.config.vision)
         return self.model.embed_image(pixels[None])[0]
 
     @torch.inference_mode()
     def embed_audio(self, data: bytes) -> torch.Tensor:
-        clips = audio_bytes_to_clips(data, self.cfg.audio)
+        clips = audio_bytes_to_clips(data, self.config.audio)
         return self.model.embed_audio(clips[None])[0]
 
     def layout(self, turns: Sequence[Turn], modalities: Sequence[str]) -> PromptLayout:
         prompt = build_prompt(turns, modalities)
-        return layout_prompt(self.tokenizer, prompt, self.cfg.vision_qformer.num_queries)
+        return layout_prompt(self.tokenizer, prompt, self.config.vision_qformer.num_queries)
 
     @torch.inference_mode()
     def prompt_embeds(
@@ -85,34 +86,24 @@ class ReferencePipeline:
     @torch.inference_mode()
     def generate_from_embeds(self, embeds: torch.Tensor, max_new_tokens: int = 64) -> Generation:
         """Greedy decoding from prompt embeddings; stops at `###`, EOS or max_new_tokens."""
-        context = self.cfg.llm.max_position_embeddings
+        context = self.config.llm.max_position_embeddings
         if embeds.shape[0] >= context:
             raise PromptError(f"the prompt has {embeds.shape[0]} positions, the model's context is {context}")
         max_new_tokens = min(max_new_tokens, context - embeds.shape[0])
         eos = self.tokenizer.eos_token_id
         start = time.perf_counter()
-        out = self.llm(inputs_embeds=embeds[None], use_cache=True)
-        past = out.past_key_values
         token_ids: list[int] = []
         finish_reason = "length"
         text = ""
         first_token_s = None
-        for _ in range(max_new_tokens):
-            next_id = int(out.logits[0, -1].argmax())
+        for next_id in decode_tokens(self.llm, embeds, max_new_tokens, eos_token_id=eos):
             if first_token_s is None:
                 first_token_s = time.perf_counter() - start
             token_ids.append(next_id)
-            if next_id == eos:
-                finish_reason = "stop"
-                break
             text, stopped = truncate_at_stop(self.tokenizer.decode(token_ids, skip_special_tokens=True))
-            if stopped:
+            if stopped or next_id == eos:
                 finish_reason = "stop"
                 break
-            out = self.llm(input_ids=torch.tensor([[next_id]]), past_key_values=past, use_cache=True)
-            past = out.past_key_values
-        if finish_reason == "stop" and token_ids and token_ids[-1] == eos:
-            text, _ = truncate_at_stop(self.tokenizer.decode(token_ids, skip_special_tokens=True))
         total = time.perf_counter() - start
         return Generation(
             text=text.strip(),

@@ -112,7 +112,7 @@ def save_model(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name in MODALITY_COMPONENTS:
-        save_component(getattr(model, name), component_config(model.cfg, name), directory, name)
+        save_component(getattr(model, name), component_config(model.config, name), directory, name)
     if llm is not None:
         if tokenizer is None:
             raise ValueError("save_model: an LLM needs its tokenizer")
@@ -120,12 +120,12 @@ def save_model(
     manifest = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
-        "preset": model.cfg.name,
-        "config": model.cfg.to_dict(),
+        "preset": model.config.name,
+        "config": model.config.to_dict(),
         "provenance": provenance or {},
     }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    log.info("saved %s model to %s", model.cfg.name, directory)
+    log.info("saved %s model to %s", model.config.name, directory)
     return directory
 
 

@@ -32,7 +32,14 @@ from export.specs import ExportSpec, grounding_specs, modality_specs
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
+def _templates() -> Path:
+    """The python-backend templates (model_repository/, installed as package data)."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("model_repository")))
+
+
+TEMPLATES = _templates()
 
 
 @dataclass
@@ -210,7 +217,7 @@ def update_repository(
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{repo} is not a repository written by `bubo export`")
     manifest = json.loads(manifest_path.read_text())
-    if manifest.get("config") != json.loads(json.dumps(model.cfg.to_dict())):
+    if manifest.get("config") != json.loads(json.dumps(model.config.to_dict())):
         raise ValueError(f"{repo} serves a model with another configuration; export a new repository instead")
     staging_parent = Path(tempfile.mkdtemp(prefix=".update-", dir=repo.parent))
     try:
@@ -257,7 +264,7 @@ def write_repository(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-staging-", dir=out.parent))
     try:
-        cfg = model.cfg
+        cfg = model.config
         specs = modality_specs(model)
         if grounding is not None:
             specs += grounding_specs(grounding)
@@ -288,7 +295,7 @@ def write_repository(
 
 
 def _write_pre_and_ensembles(repo: Path, model: BuboGPT, settings: RepositorySettings) -> None:
-    cfg = model.cfg
+    cfg = model.config
     v, a = cfg.vision, cfg.audio
     pre = settings.preprocess
     # preprocessing always runs on CPU, in the python backend
@@ -323,9 +330,9 @@ def _write_pre_and_ensembles(repo: Path, model: BuboGPT, settings: RepositorySet
 
 
 def _write_grounding(repo: Path, pipeline, settings: RepositorySettings) -> None:
-    cfg = pipeline.cfg
+    cfg = pipeline.config
     tagger_size = pipeline.tagger.config.image_size
-    sam_size = pipeline.segmenter_encoder.cfg.img_size
+    sam_size = pipeline.segmenter_encoder.config.img_size
     batching = dataclasses.replace(settings.preprocess, max_batch_size=8)
     _write_python_model(
         repo, "grounding_preprocess", "grounding_preprocess",
@@ -337,7 +344,7 @@ def _write_grounding(repo: Path, pipeline, settings: RepositorySettings) -> None
         ),
         {"max_pixels": settings.max_image_pixels, "tagger": cfg.tagger, "detector": cfg.detector, "segmenter": cfg.segmenter},
     )
-    embeddings = [pipeline.segmenter_encoder.cfg.prompt_embed_dim, pipeline.segmenter_encoder.cfg.embed_size, pipeline.segmenter_encoder.cfg.embed_size]
+    embeddings = [pipeline.segmenter_encoder.config.prompt_embed_dim, pipeline.segmenter_encoder.config.embed_size, pipeline.segmenter_encoder.config.embed_size]
     outputs = [("TAGS", "TYPE_STRING", [-1]), ("LABELS", "TYPE_STRING", [-1]), ("SCORES", "TYPE_FP32", [-1]),
                ("BOXES", "TYPE_FP32", [-1, 4]), ("MASKS", "TYPE_STRING", [-1])]
     _write_python_model(
@@ -374,3 +381,22 @@ def print_summary(results: list[ParityResult]) -> None:
     for r in results:
         table.add_row(r.name, r.backend, str(r.batch), f"{r.relative_error:.2e}", f"{r.tolerance:.0e}", "yes" if r.ok else "NO")
     Console(stderr=True).print(table)
+
+
+def export_model_dir(model_dir: str | Path, out: str | Path, backend: str = "onnx", *, grounding: bool = True,
+                     overwrite: bool = False, update: bool = False) -> list[ParityResult] | dict[str, int]:
+    """A model directory (our format) -> a Triton repository: what `bubo export` and `bubo serve` (its cached
+    repository) both do. `grounding` adds the grounding networks when the directory has them; `update`
+    adds new versions to an existing repository instead (`update_repository`)."""
+    from bubogpt.grounding.pipeline import has_grounding, load_grounding
+    from bubogpt.weights import load_model
+    from export.triton_install import model_env_dir
+
+    env = model_env_dir()
+    settings = RepositorySettings(device="cuda" if backend == "tensorrt" else "cpu",
+                                  execution_env=str(env) if env.is_dir() else None)
+    model = load_model(model_dir)
+    pipeline = load_grounding(model_dir) if grounding and has_grounding(model_dir) else None
+    if update:
+        return update_repository(out, model, settings=settings, grounding=pipeline)
+    return write_repository(out, model, backend=backend, settings=settings, overwrite=overwrite, grounding=pipeline)

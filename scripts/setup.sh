@@ -8,9 +8,8 @@ if [ -z "$flavour" ]; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then flavour=gpu; else flavour=cpu; fi
 fi
 python="${PYTHON:-python3}"
-stamp=".venv/.installed-$flavour-$(cat pyproject.toml scripts/setup.sh scripts/install_triton.sh | sha256sum | cut -c1-16)"
+stamp=".venv/.installed-$flavour-$(cat pyproject.toml scripts/setup.sh scripts/install_triton.sh export/triton_install.py | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
-    .venv/bin/python -m serving.proto.build >/dev/null  # the build step for the gRPC stubs (cheap)
     exit 0
 fi
 [ -d .venv ] || "$python" -m venv .venv
@@ -22,6 +21,5 @@ if [ "$flavour" = cpu ]; then
     .venv/bin/python -m pip uninstall --yes --quiet torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 scripts/install_triton.sh
-.venv/bin/python -m serving.proto.build
 rm -f .venv/.installed-*
 touch "$stamp"

@@ -17,7 +17,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.triton import TritonPorts, TritonServer, model_env_dir
+from serving.triton import TritonPorts, TritonServer
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,13 @@ def free_port() -> int:
 
 def repository_key(model_dir: Path, backend: str) -> str:
     """Hash of the weights, their configs and the code that exports them."""
+    import importlib
+
     digest = hashlib.sha256(backend.encode())
-    root = Path(__file__).resolve().parent.parent
     files = sorted(p for p in model_dir.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json"))
-    for top in CODE_FILES:
-        files += sorted(p for p in (root / top).rglob("*.py") if "default_model" not in p.parts)
+    for top in CODE_FILES:  # wherever they are installed (source tree or site-packages)
+        package = Path(importlib.import_module(top).__path__[0])
+        files += sorted(p for p in package.rglob("*.py") if "default_model" not in p.parts)
     for path in files:
         stat = path.stat()
         digest.update(f"{path.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
@@ -76,8 +78,8 @@ def repository_key(model_dir: Path, backend: str) -> str:
 
 
 def ensure_repository(model_dir: Path, options: ServeOptions) -> Path:
-    from bubogpt.weights import load_model
-    from export.repository import RepositorySettings, write_repository
+    """The Triton repository for `model_dir`: the one given, or an export cached under the cache dir."""
+    from export.repository import export_model_dir
 
     if options.repository is not None:
         return options.repository
@@ -87,12 +89,7 @@ def ensure_repository(model_dir: Path, options: ServeOptions) -> Path:
     if (out / "bubo_repository.json").is_file():
         log.info("using the cached Triton repository %s", out)
         return out
-    from bubogpt.grounding.pipeline import has_grounding, load_grounding
-
-    env = model_env_dir()
-    settings = RepositorySettings(device=options.device, execution_env=str(env) if env.is_dir() else None)
-    grounding = load_grounding(model_dir) if options.grounding and has_grounding(model_dir) else None
-    write_repository(out, load_model(model_dir), backend=backend, settings=settings, overwrite=True, grounding=grounding)
+    export_model_dir(model_dir, out, backend, grounding=options.grounding, overwrite=True)
     return out
 
 
@@ -117,7 +114,7 @@ class Stack:
         from serving.encoders import TritonEncoders
         from serving.grounding_client import make_grounder
         from serving.llm_engine import VLLMEngine, create_engine
-        from serving.metrics import ServerMetrics
+        from serving.prometheus import ServerMetrics
         from serving.server import BuboService, Limits, start_server
         from serving.supervisor import EngineWatch, Part, Supervisor, TritonWatch
         from serving.triton_client import TritonClient, triton_part
@@ -129,7 +126,7 @@ class Stack:
             model_dir = default_model_dir()
         else:
             model_dir = Path(options.weights)
-        self.cfg = cfg = read_config(model_dir)
+        self.config = cfg = read_config(model_dir)
         if options.preset and options.preset != cfg.name:
             raise SystemExit(f"{model_dir} holds a {cfg.name} model, not {options.preset}")
         tls = None
@@ -161,7 +158,8 @@ class Stack:
             self.server = await start_server(self.service, options.port, options.host, tls=tls, api_key=options.api_key)
             self.port = self.server.bound_port
             if options.supervise:
-                watched = [TritonWatch(self.triton, self.parts["triton"])]
+                ensembles = tuple(name for name in ("image_embed", "audio_embed", "grounding") if (repository / name / "config.pbtxt").is_file())
+                watched = [TritonWatch(self.triton, self.parts["triton"], models=ensembles)]
                 if isinstance(self.engine, VLLMEngine):
                     watched.append(EngineWatch(self.engine, self.parts["llm"]))
                 self.supervisor = Supervisor(watched, metrics=metrics, on_change=self.server.health.refresh)
@@ -194,7 +192,7 @@ class Stack:
 
         kind = self.options.matcher
         if kind == "auto":
-            kind = "rule" if self.cfg.name == "nano" else "llm"
+            kind = "rule" if self.config.name == "nano" else "llm"
         if kind == "rule":
             return RuleEntityMatcher()
         if kind == "llm":
@@ -205,7 +203,7 @@ class Stack:
         o, t = self.options, self.triton
         security = ("TLS" if o.tls_cert else "plaintext") + (", token required" if o.api_key else ", no token")
         return (
-            f"BuboGPT ({self.cfg.name}) serving on {o.host}:{self.port} (gRPC bubo.v1.Bubo; {security})\n"
+            f"BuboGPT ({self.config.name}) serving on {o.host}:{self.port} (gRPC bubo.v1.Bubo; {security})\n"
             f"  Triton: gRPC {t.url_grpc}, HTTP {t.url_http}, metrics {t.host}:{t.ports.metrics}\n"
             f"  LLM engine: {o.llm_engine}"
             + (f"\n  metrics: http://{o.host}:{o.metrics_port}/metrics" if o.metrics_port else "")

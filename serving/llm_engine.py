@@ -32,6 +32,7 @@ from typing import AsyncIterator, Sequence
 import torch
 from safetensors import safe_open
 
+from bubogpt.decode import decode_tokens
 from bubogpt.llm import llm_config_from_hf
 from bubogpt.prompt import (
     STOP_STRING,
@@ -429,21 +430,18 @@ class TorchEngine(EngineBase):
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         try:
-            with self._lock, torch.inference_mode():
+            with self._lock:
                 emit(("started", time.perf_counter()))
-                generator = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else 0)
-                out = self.model(inputs_embeds=prepared.embeds[None], use_cache=True)
-                for _ in range(prepared.max_new_tokens):
+                eos = self.tokenizer.eos_token_id
+                for next_id in decode_tokens(self.model, prepared.embeds, prepared.max_new_tokens, temperature=sampling.temperature,
+                                             top_p=sampling.top_p, seed=sampling.seed, eos_token_id=eos):
                     if cancelled.is_set():
                         emit(("done", "abort"))
                         return
-                    logits = out.logits[0, -1].float()
-                    next_id = sample_token(logits, sampling, generator)
                     emit(("token", next_id))
-                    if next_id == self.tokenizer.eos_token_id:
+                    if next_id == eos:
                         emit(("done", "stop"))
                         return
-                    out = self.model(input_ids=torch.tensor([[next_id]]), past_key_values=out.past_key_values, use_cache=True)
                 emit(("done", "length"))
         except Exception as exc:  # noqa: BLE001 - reported to the awaiting request
             emit(("error", exc))
@@ -494,18 +492,6 @@ class TorchEngine(EngineBase):
             completion_tokens=len(stream.token_ids),
             timings={"first_token_s": first_token_s or total, "generate_s": total},
         )
-
-
-def sample_token(logits: torch.Tensor, sampling: SamplingOptions, generator: torch.Generator) -> int:
-    if sampling.temperature == 0.0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / sampling.temperature, dim=-1)
-    if sampling.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(0) - sorted_probs < sampling.top_p
-        sorted_probs = sorted_probs * keep
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
 
 
 class StopStringStream:

@@ -18,6 +18,7 @@ Every failure is answered through one table (serving/errors.py): never UNKNOWN.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -33,7 +34,7 @@ from bubogpt.prompt import Turn
 from serving.encoders import TritonEncoders
 from serving.errors import InvalidArgument, Overloaded, PartFailed, RequestTimeout, ShuttingDown, Unsupported, status_of
 from serving.llm_engine import EngineBase, ModalityEmbeds, SamplingOptions, TextDelta
-from serving.metrics import ServerMetrics
+from serving.prometheus import ServerMetrics
 from serving.proto import bubo_pb2, bubo_pb2_grpc
 from serving.supervisor import Part
 
@@ -117,6 +118,13 @@ def entity_message(entity: GroundedEntity, phrase: str = "", start: int = 0, end
     )
 
 
+@dataclass
+class RpcCall:
+    request_id: str
+    start: float
+    code: grpc.StatusCode = grpc.StatusCode.OK
+
+
 class BuboService(bubo_pb2_grpc.BuboServicer):
     def __init__(
         self,
@@ -160,29 +168,35 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
         task = asyncio.current_task()
         return task is not None and not task.cancelling()
 
+    @contextlib.asynccontextmanager
+    async def _answering(self, method: str, context):
+        """One RPC: counted in flight (what a drain waits for), its final status in the metrics, and every
+        failure answered through the error table. A cancel by the client stays a cancel; a
+        CancelledError that did not come from the client is a failure of ours."""
+        call = RpcCall(uuid.uuid4().hex, time.perf_counter())
+        self.in_flight += 1
+        try:
+            yield call
+        except asyncio.CancelledError as exc:
+            if not self._inner_cancel():
+                call.code = grpc.StatusCode.CANCELLED
+                log.info("%s cancelled by the client", method, extra={"request_id": call.request_id})
+                raise
+            call.code = status_of(exc, call.request_id)[0]
+            await self._abort(context, exc, method, call.request_id)
+        except Exception as exc:  # noqa: BLE001 - every failure gets its status from the one table
+            call.code = status_of(exc, call.request_id)[0]
+            await self._abort(context, exc, method, call.request_id)
+        finally:
+            self.in_flight -= 1
+            self.metrics.observe_request(method, call.code.name, time.perf_counter() - call.start)
+
     # -- Chat -------------------------------------------------------------------------------------
 
     async def Chat(self, request, context):
-        start = time.perf_counter()
-        request_id = uuid.uuid4().hex
-        code = grpc.StatusCode.OK
-        self.in_flight += 1
-        try:
-            async for event in self._chat(request, request_id, start):
+        async with self._answering("Chat", context) as call:
+            async for event in self._chat(request, call.request_id, call.start):
                 yield event
-        except asyncio.CancelledError as exc:
-            if not self._inner_cancel():
-                code = grpc.StatusCode.CANCELLED
-                log.info("chat cancelled by the client", extra={"request_id": request_id})
-                raise
-            code = status_of(exc, request_id)[0]  # (for the metrics: _abort raises)
-            await self._abort(context, exc, "Chat", request_id)
-        except Exception as exc:  # noqa: BLE001 - every failure gets its status from the one table
-            code = status_of(exc, request_id)[0]  # (for the metrics: _abort raises)
-            await self._abort(context, exc, "Chat", request_id)
-        finally:
-            self.in_flight -= 1
-            self.metrics.observe_request("Chat", code.name, time.perf_counter() - start)
 
     async def _chat(self, request, request_id: str, start: float):
         if self.draining:
@@ -280,24 +294,8 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
     # -- Ground -----------------------------------------------------------------------------------
 
     async def Ground(self, request, context):
-        start = time.perf_counter()
-        request_id = uuid.uuid4().hex
-        code = grpc.StatusCode.OK
-        self.in_flight += 1
-        try:
-            return await self._ground(request, start)
-        except asyncio.CancelledError as exc:
-            if not self._inner_cancel():
-                code = grpc.StatusCode.CANCELLED
-                raise
-            code = status_of(exc, request_id)[0]  # (for the metrics: _abort raises)
-            await self._abort(context, exc, "Ground", request_id)
-        except Exception as exc:  # noqa: BLE001 - every failure gets its status from the one table
-            code = status_of(exc, request_id)[0]  # (for the metrics: _abort raises)
-            await self._abort(context, exc, "Ground", request_id)
-        finally:
-            self.in_flight -= 1
-            self.metrics.observe_request("Ground", code.name, time.perf_counter() - start)
+        async with self._answering("Ground", context) as call:
+            return await self._ground(request, call.start)
 
     async def _ground(self, request, start: float):
         if self.draining:

@@ -239,11 +239,12 @@ class TritonWatch:
 
     restartable = True
 
-    def __init__(self, server, part: Part, probe_timeout_s: float = 2.0):
+    def __init__(self, server, part: Part, probe_timeout_s: float = 2.0, models: tuple[str, ...] = ()):
         import concurrent.futures
 
         self.server = server
         self.part = part
+        self.models = models  # the models requests use (the ensembles); empty: Triton's own readiness
         self.probe_timeout_s = probe_timeout_s
         self.wake: asyncio.Event | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="triton-probe")
@@ -275,9 +276,12 @@ class TritonWatch:
         code = process.poll()
         if code is not None:
             return Problem(f"tritonserver exited ({describe_exit(code)})", fatal=True)
-        ready = await asyncio.get_running_loop().run_in_executor(self._executor, self.server.is_ready, self.probe_timeout_s)
-        if not ready:
+        state = await asyncio.get_running_loop().run_in_executor(self._executor, self.server.readiness, self.probe_timeout_s,
+                                                                 self.models)
+        if state == "no answer":
             return Problem(f"tritonserver did not answer its readiness check within {self.probe_timeout_s:.0f} s", fatal=False)
+        if state != "ready":
+            return Problem(f"tritonserver is {state}", fatal=False)
         return None
 
     async def restart(self) -> None:

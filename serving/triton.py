@@ -1,7 +1,7 @@
 """Starts and stops Triton Inference Server for a model repository (`bubo triton`).
 
 Uses a system `tritonserver` when one is on PATH (the official container, GPU hosts); otherwise the
-binary that scripts/install_triton.sh unpacked from nvidia-pytriton's wheel into .venv/triton/.
+binary that `bubo install-triton` (export/triton_install.py) unpacked from nvidia-pytriton's wheel.
 The bundled binary needs its shared libraries and the running Python's libdir on LD_LIBRARY_PATH
 (the python backend stub would otherwise load another libpython; see shared/STACK.md).
 """
@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import sysconfig
 import time
 import urllib.error
@@ -23,17 +22,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.triton_install import triton_home
+
 log = logging.getLogger(__name__)
 _instances = itertools.count()
-
-
-def bundled_root() -> Path:
-    return Path(os.environ.get("BUBO_TRITON_HOME", Path(sys.prefix) / "triton"))
-
-
-def model_env_dir() -> Path:
-    """The venv the python-backend models run in (numpy<2, ONNX Runtime, this project)."""
-    return bundled_root() / "pyenv"
 
 
 @dataclass
@@ -91,11 +83,11 @@ class TritonServer:
             args.append(f"--repository-poll-secs={self.poll_secs}")
         if system:
             return [system, *args, *self.extra_args], env
-        root = bundled_root()
+        root = triton_home()
         binary = root / "server" / "bin" / "tritonserver"
         if not binary.is_file():
             raise FileNotFoundError(
-                f"no tritonserver on PATH and none bundled at {binary}; run scripts/install_triton.sh"
+                f"no tritonserver on PATH and none bundled at {binary}; run `bubo install-triton`"
             )
         libdir = sysconfig.get_config_var("LIBDIR")
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, str(root / "libs"), env.get("LD_LIBRARY_PATH")) if p)
@@ -140,11 +132,26 @@ class TritonServer:
         return f"{self._connect_host}:{self.ports.grpc}"
 
     def is_ready(self, timeout: float = 2.0) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.url_http}/v2/health/ready", timeout=timeout) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return self.readiness(timeout) == "ready"
+
+    def readiness(self, timeout: float = 2.0, models: tuple[str, ...] = ()) -> str:
+        """"ready", "not ready (...)" when Triton answers that it (or one of `models`) is not, or "no
+        answer". With `models`, Triton itself need only be live and those models ready: while it
+        loads new versions of other models (repository polling) Triton reports itself not ready,
+        although every model keeps serving."""
+        checks = [f"/v2/models/{name}/ready" for name in models] if models else ["/v2/health/ready"]
+        if models:
+            checks.insert(0, "/v2/health/live")
+        for path in checks:
+            try:
+                with urllib.request.urlopen(f"http://{self.url_http}{path}", timeout=timeout) as response:
+                    if response.status != 200:
+                        return f"not ready ({path}: HTTP {response.status})"
+            except urllib.error.HTTPError as exc:
+                return f"not ready ({path}: HTTP {exc.code})"
+            except (urllib.error.URLError, OSError):
+                return "no answer"
+        return "ready"
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

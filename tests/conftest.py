@@ -6,6 +6,38 @@ from bubogpt.samples import make_audio_bytes, make_image_bytes
 
 __all__ = ["make_audio_bytes", "make_image_bytes"]
 
+# Modules that start real parts (Triton, the vLLM engine, the gRPC frontend, `bubo serve`): marked
+# `stack`; every other test is `unit` (`pytest -m unit` is the quick inner loop).
+STACK_MODULES = {"test_server", "test_served_meaning", "test_reliability", "test_reexport", "test_benchmarks",
+                 "test_llm_engine", "test_vllm_mm_route", "test_triton"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.stack if item.module.__name__ in STACK_MODULES else pytest.mark.unit)
+
+
+# the media cases every engine test runs (fixed seeds)
+MEDIA_CASES = {
+    "image": dict(image=make_image_bytes(seed=1)),
+    "audio": dict(audio=make_audio_bytes(seed=2)),
+    "image+audio": dict(image=make_image_bytes(seed=3), audio=make_audio_bytes(seed=4)),
+    "text": dict(),
+}
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """The plain PyTorch pipeline of the built-in model: the oracle served answers are compared with."""
+    from bubogpt.reference import ReferencePipeline
+
+    return ReferencePipeline.from_dir()
+
+
+def reference_answer(reference, turns, image_embeds=None, audio_embeds=None, max_new_tokens: int = 24):
+    """The reference's greedy answer for `turns` with the given modality rows."""
+    return reference.generate_from_embeds(reference.prompt_embeds(turns, image_embeds, audio_embeds), max_new_tokens=max_new_tokens)
+
 
 @pytest.fixture(scope="session")
 def image_bytes() -> bytes:
@@ -51,3 +83,27 @@ def stub(stack):
     channel = grpc.insecure_channel(f"127.0.0.1:{stack.port}", options=[("grpc.max_send_message_length", 64 << 20)])
     yield bubo_pb2_grpc.BuboStub(channel)
     channel.close()
+
+
+@pytest.fixture(scope="session")
+def installed_copy(tmp_path_factory):
+    """The project as `pip install .` puts it: its wheel, unpacked into a directory of its own. Run with
+    `env` (that directory first on PYTHONPATH) and `cwd` (outside the source tree), code imports the
+    installed copy: package data included, nothing read from the source tree."""
+    import os
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path_factory.mktemp("installed")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out / "wheel"), str(root)],
+                   check=True, timeout=600)
+    (wheel,) = (out / "wheel").glob("bubogpt_serving-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(out / "site")
+    env = dict(os.environ, PYTHONPATH=str(out / "site"))
+    cwd = out / "elsewhere"
+    cwd.mkdir()
+    return {"site": out / "site", "env": env, "cwd": cwd}

@@ -14,7 +14,7 @@ from PIL import Image
 from benchmarks.inputs import KINDS, grounding_pair_requests, request_mix
 from benchmarks.loadgen import run_sweep_async
 from benchmarks.memory_plan import fit_count, kv_bytes_per_token, memory_plan
-from benchmarks.metrics import RequestRecord, percentile, summarize
+from benchmarks.request_stats import RequestRecord, percentile, summarize
 from benchmarks.plot import bar_chart, line_chart
 from benchmarks.report import evaluate_targets, write_results
 from benchmarks.suites import batching_off_copy, strip_dynamic_batching

@@ -34,7 +34,7 @@ def test_7b_counts_equal_the_official_architecture():
 
 def test_cli_json_output():
     out = subprocess.run(
-        [sys.executable, "-m", "bubogpt.cli", "info", "--preset", "bubogpt-7b", "--json"],
+        [sys.executable, "-m", "bubo_cli", "info", "--preset", "bubogpt-7b", "--json"],
         check=True, capture_output=True, text=True, timeout=300,
     ).stdout
     data = json.loads(out)

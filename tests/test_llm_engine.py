@@ -8,8 +8,7 @@ import torch
 
 from bubogpt.defaults import default_model_dir
 from bubogpt.prompt import Turn
-from bubogpt.reference import ReferencePipeline
-from conftest import make_audio_bytes, make_image_bytes
+from conftest import MEDIA_CASES, make_audio_bytes, make_image_bytes, reference_answer
 from serving.errors import InvalidArgument, PartUnavailable
 from serving.llm_engine import (
     ModalityEmbeds,
@@ -20,11 +19,6 @@ from serving.llm_engine import (
 )
 
 GREEDY = SamplingOptions(temperature=0.0, max_new_tokens=24)
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return ReferencePipeline.from_dir()
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +51,10 @@ def modalities_for(reference, image=None, audio=None):
 
 def expected(reference, turns, modalities, max_new_tokens=24):
     embeds = {m.modality: m.embeds for m in modalities}
-    prompt = reference.prompt_embeds(turns, embeds.get("image"), embeds.get("audio"))
-    return reference.generate_from_embeds(prompt, max_new_tokens=max_new_tokens)
+    return reference_answer(reference, turns, embeds.get("image"), embeds.get("audio"), max_new_tokens)
 
 
-CASES = {
-    "image": dict(image=make_image_bytes(seed=1)),
-    "audio": dict(audio=make_audio_bytes(seed=2)),
-    "image+audio": dict(image=make_image_bytes(seed=3), audio=make_audio_bytes(seed=4)),
-    "text": dict(),
-}
+CASES = MEDIA_CASES
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

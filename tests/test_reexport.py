@@ -16,7 +16,7 @@ from export.repository import RepositorySettings, update_repository, write_repos
 from serving.app import ServeOptions, Stack
 from serving.client import chat_request, collect
 from serving.proto import bubo_pb2_grpc
-from serving.triton import model_env_dir
+from export.triton_install import model_env_dir
 from training.config import config_from_dict
 from training.loop import Trainer
 from training.tiny_data import write_tiny_datasets

@@ -39,7 +39,7 @@ def test_greedy_loop_equals_transformers_generate(pipeline, image_bytes):
 def test_modality_embeddings_land_in_their_slots(pipeline, image_bytes, audio_bytes):
     image = pipeline.embed_image(image_bytes)
     audio = pipeline.embed_audio(audio_bytes)
-    assert image.shape == audio.shape == (32, pipeline.cfg.llm.hidden)
+    assert image.shape == audio.shape == (32, pipeline.config.llm.hidden)
     assert not torch.allclose(image, audio)
     turns = [Turn("user", "hi")]
     embeds = pipeline.prompt_embeds(turns, image_embeds=image, audio_embeds=audio)

@@ -29,10 +29,27 @@ FIELD = re.compile(r"^(request|turns(\[\d+\])?(\.(role|text))?|image|audio|groun
 
 
 @pytest.fixture(scope="module")
-def served(serve_cache, tmp_path_factory):
-    server = ServeProcess(serve_cache, tmp_path_factory.mktemp("reliability") / "serve.log").start()
+def served(serve_cache, installed_copy, tmp_path_factory):
+    """`bubo serve` from the installed package (not the source tree), as a user runs it."""
+    server = ServeProcess(serve_cache, tmp_path_factory.mktemp("reliability") / "serve.log", env=installed_copy["env"],
+                          cwd=installed_copy["cwd"]).start()
     yield server
     server.stop()
+
+
+def test_the_server_runs_from_the_installed_package(served, installed_copy):
+    import subprocess
+    import sys
+
+    code = "import bubogpt, bubo_cli, export, model_repository, serving, serving.proto.bubo_pb2 as p; " \
+           "print('\\n'.join(m.__file__ for m in (bubogpt, bubo_cli, export, model_repository, serving, p)))"
+    files = subprocess.run([sys.executable, "-c", code], env=installed_copy["env"], cwd=installed_copy["cwd"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert len(files) == 6 and all(f.startswith(str(installed_copy["site"])) for f in files), files
+    site = installed_copy["site"]
+    assert (site / "model_repository" / "grounding_postprocess" / "model.py").is_file()
+    assert (site / "bubogpt" / "default_model" / "bubogpt.json").is_file() and (site / "serving" / "proto" / "bubo.proto").is_file()
+    assert str(site) in served.log_tail(5000) or served.health("") == "SERVING"
 
 
 @pytest.fixture(scope="module")

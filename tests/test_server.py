@@ -9,22 +9,15 @@ import grpc
 import pytest
 
 from bubogpt.prompt import Turn
-from bubogpt.reference import ReferencePipeline
-from conftest import make_audio_bytes, make_image_bytes
+from conftest import make_audio_bytes, make_image_bytes, reference_answer
 from serving.client import chat_request, collect
 from serving.proto import bubo_pb2, bubo_pb2_grpc
 from serving.server import Limits
 
 
-@pytest.fixture(scope="module")
-def reference():
-    return ReferencePipeline.from_dir()
-
-
 def expected(reference, turns, image=None, audio=None, max_new_tokens=16):
-    image_embeds = reference.embed_image(image) if image else None
-    audio_embeds = reference.embed_audio(audio) if audio else None
-    return reference.generate_from_embeds(reference.prompt_embeds(turns, image_embeds, audio_embeds), max_new_tokens=max_new_tokens)
+    return reference_answer(reference, turns, reference.embed_image(image) if image else None,
+                            reference.embed_audio(audio) if audio else None, max_new_tokens)
 
 
 IMAGE = make_image_bytes(seed=21, fmt="JPEG")
@@ -383,13 +376,18 @@ def test_tls_and_the_token_guard_every_rpc_but_health(loop, stack, reference, tm
 def test_graceful_shutdown_finishes_in_flight_streams(loop, stack, stub, reference):
     """Runs last in this module: it stops the stack."""
     results = {}
+    streaming = threading.Event()
 
     def long_chat():
-        results["chat"] = collect(stub.Chat(chat_request("Tell me a story.", max_new_tokens=64)))
+        events = []
+        for event in stub.Chat(chat_request("Tell me a story.", max_new_tokens=64)):
+            events.append(event)
+            streaming.set()
+        results["chat"] = collect(events)
 
     thread = threading.Thread(target=long_chat)
     thread.start()
-    time.sleep(1.0)
+    assert streaming.wait(60)  # the stream is under way when the stop begins
     loop.run(stack.stop(grace_s=60), timeout=300)
     thread.join(60)
     finished = results["chat"]

@@ -16,7 +16,8 @@ from bubogpt.weights import load_model
 from conftest import make_audio_bytes, make_image_bytes
 from export.onnx_export import ParityError
 from export.repository import RepositorySettings, write_repository
-from serving.triton import TritonPorts, TritonServer, model_env_dir
+from export.triton_install import model_env_dir
+from serving.triton import TritonPorts, TritonServer
 
 
 def free_ports(count: int) -> list[int]:

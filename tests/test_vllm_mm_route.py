@@ -19,8 +19,7 @@ import torch
 
 from bubogpt.defaults import default_model_dir
 from bubogpt.prompt import STOP_STRING, PromptLayout, Turn, build_prompt, layout_prompt, splice_embeddings
-from bubogpt.reference import ReferencePipeline
-from conftest import make_audio_bytes, make_image_bytes
+from conftest import MEDIA_CASES, make_audio_bytes, make_image_bytes, reference_answer
 from serving.vllm_plugin import DEFAULT_PLACEHOLDER_ID, mm_engine_kwargs, mm_engine_prompt, register
 
 pytest.importorskip("vllm")
@@ -53,11 +52,6 @@ def plugin_on_path(tmp_path_factory):
         os.environ.pop("PYTHONPATH", None)
     else:
         os.environ["PYTHONPATH"] = saved_env
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return ReferencePipeline.from_dir()
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +88,7 @@ def engine(loop, plugin_on_path):
 def layout_for(reference, turns, modalities) -> PromptLayout:
     prompt = build_prompt(turns, modalities)
     fill = reference.tokenizer.pad_token_id or 0
-    return layout_prompt(reference.tokenizer, prompt, reference.cfg.vision_qformer.num_queries, fill_id=fill)
+    return layout_prompt(reference.tokenizer, prompt, reference.config.vision_qformer.num_queries, fill_id=fill)
 
 
 async def run_prompt(engine, prompt, max_new_tokens=MAX_NEW):
@@ -124,16 +118,10 @@ def generate(loop, engine, reference, turns, rows: dict[str, torch.Tensor], max_
 
 
 def expected(reference, turns, rows, max_new_tokens=MAX_NEW):
-    embeds = reference.prompt_embeds(turns, rows.get("image"), rows.get("audio"))
-    return reference.generate_from_embeds(embeds, max_new_tokens=max_new_tokens)
+    return reference_answer(reference, turns, rows.get("image"), rows.get("audio"), max_new_tokens)
 
 
-CASES = {
-    "image": dict(image=make_image_bytes(seed=1)),
-    "audio": dict(audio=make_audio_bytes(seed=2)),
-    "image+audio": dict(image=make_image_bytes(seed=3), audio=make_audio_bytes(seed=4)),
-    "text": dict(),
-}
+CASES = MEDIA_CASES
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

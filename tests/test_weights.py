@@ -23,7 +23,7 @@ def test_round_trip_is_exact(tmp_path, random_model):
     model, llm, tokenizer = random_model
     save_model(model, tmp_path, llm=llm, tokenizer=tokenizer)
     loaded = load_model(tmp_path)
-    assert read_config(tmp_path) == model.cfg
+    assert read_config(tmp_path) == model.config
     for name in MODALITY_COMPONENTS:
         original, restored = getattr(model, name).state_dict(), getattr(loaded, name).state_dict()
         assert original.keys() == restored.keys()

@@ -20,7 +20,7 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         with open(os.path.join(version_dir, "bubo.json")) as handle:
             settings = json.load(handle)
-        self.cfg = AudioEncoderConfig(**settings["audio"])
+        self.config = AudioEncoderConfig(**settings["audio"])
         self.max_seconds = float(settings["max_seconds"])
         torch.set_num_threads(int(settings.get("torch_threads", 1)))
 
@@ -29,7 +29,7 @@ class TritonPythonModel:
         for request in requests:
             audios = pb_utils.get_input_tensor_by_name(request, "AUDIO").as_numpy().reshape(-1)
             try:
-                clips = np.stack([audio_bytes_to_clips(bytes(data), self.cfg, max_seconds=self.max_seconds).numpy() for data in audios])
+                clips = np.stack([audio_bytes_to_clips(bytes(data), self.config, max_seconds=self.max_seconds).numpy() for data in audios])
             except AudioDecodeError as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"AUDIO: {exc}", pb_utils.TritonError.INVALID_ARG)))
                 continue

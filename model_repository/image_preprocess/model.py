@@ -20,7 +20,7 @@ class TritonPythonModel:
         with open(os.path.join(version_dir, "bubo.json")) as handle:
             settings = json.load(handle)
         vision = settings["vision"]
-        self.cfg = VisionEncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vision.items()})
+        self.config = VisionEncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vision.items()})
         self.max_pixels = int(settings["max_pixels"])
 
     def execute(self, requests):
@@ -28,7 +28,7 @@ class TritonPythonModel:
         for request in requests:
             images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
             try:
-                pixels = np.stack([preprocess_to_array(decode_image(bytes(data), self.max_pixels), self.cfg) for data in images])
+                pixels = np.stack([preprocess_to_array(decode_image(bytes(data), self.max_pixels), self.config) for data in images])
             except ImageDecodeError as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"IMAGE: {exc}", pb_utils.TritonError.INVALID_ARG)))
                 continue

@@ -1,0 +1,5 @@
+import sys
+
+from bubo_cli.main import main
+
+sys.exit(main())
