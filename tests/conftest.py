@@ -96,9 +96,15 @@ def installed_copy(tmp_path_factory):
     import zipfile
     from pathlib import Path
 
+    import shutil
+
     root = Path(__file__).resolve().parent.parent
     out = tmp_path_factory.mktemp("installed")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out / "wheel"), str(root)],
+    # built from a copy: setuptools writes build/ and *.egg-info/ into the tree it builds
+    source = out / "source"
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
+                                                                ".pytest_cache", ".hypothesis", "runs", "out", "results"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out / "wheel"), str(source)],
                    check=True, timeout=600)
     (wheel,) = (out / "wheel").glob("bubogpt_serving-*.whl")
     with zipfile.ZipFile(wheel) as archive:
