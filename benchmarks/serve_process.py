@@ -39,6 +39,7 @@ class ServeProcess:
         self.cwd = cwd
         self.port = free_port()
         self.metrics_port = free_port()
+        self.http_port = free_port()
         self.process: subprocess.Popen | None = None
         self._channel = None
 
@@ -51,8 +52,8 @@ class ServeProcess:
         return self.process.pid
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "bubo_cli", "serve", "--port", str(self.port), "--metrics-port",
-                str(self.metrics_port), "--cache-dir", str(self.cache_dir), *self.extra_args]
+        return [sys.executable, "-m", "bubo_cli", "serve", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
+                "--http-port", str(self.http_port), "--cache-dir", str(self.cache_dir), *self.extra_args]
 
     def start(self, timeout_s: float = 900.0) -> "ServeProcess":
         env = dict(os.environ if self.env is None else self.env)
@@ -142,7 +143,9 @@ class ServeProcess:
                 count += 1
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        shm = len([p for p in os.listdir("/dev/shm") if p.startswith("bubo_triton_")]) if os.path.isdir("/dev/shm") else 0
+        # this server's Triton regions only (their prefix names the frontend's pid: serving/triton.py)
+        prefix = f"bubo_triton_{self.pid}_"
+        shm = len([p for p in os.listdir("/dev/shm") if p.startswith(prefix)]) if os.path.isdir("/dev/shm") else 0
         return {"rss_bytes": rss, "open_fds": fds, "processes": count, "triton_shm_regions": shm}
 
     def listening(self) -> list[tuple[int, str, int, str]]:

@@ -114,7 +114,7 @@ def start_stack(options: SuiteOptions):
     from serving.app import ServeOptions, Stack
 
     loop = LoopThread()
-    serve_options = ServeOptions(weights=options.weights, port=0, metrics_port=None, cache_dir=options.cache_dir,
+    serve_options = ServeOptions(weights=options.weights, port=0, metrics_port=None, http_port=0, cache_dir=options.cache_dir,
                                  device=options.device, llm_engine="vllm", grounding=True)
     try:
         stack = loop.run(Stack(serve_options).start(), timeout=1200)

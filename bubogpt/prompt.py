@@ -135,9 +135,9 @@ def splice_embeddings(
     return embeds
 
 
-def truncate_at_stop(text: str) -> tuple[str, bool]:
-    """Cuts generated text at the stop string; returns (text, stopped)."""
-    index = text.find(STOP_STRING)
-    if index < 0:
+def truncate_at_stop(text: str, stops: tuple[str, ...] = (STOP_STRING,)) -> tuple[str, bool]:
+    """Cuts generated text at the first of the stop strings; returns (text, stopped)."""
+    found = [i for i in (text.find(stop) for stop in stops) if i >= 0]
+    if not found:
         return text, False
-    return text[:index], True
+    return text[: min(found)], True

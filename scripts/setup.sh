@@ -21,5 +21,12 @@ if [ "$flavour" = cpu ]; then
     .venv/bin/python -m pip uninstall --yes --quiet torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 scripts/install_triton.sh
+# the browser test of the web page drives Debian's Chromium (Playwright cannot download its own here);
+# where it cannot be installed, that test skips and says why
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    (apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }) \
+        || echo "setup: Debian's chromium could not be installed; tests/test_web.py will skip" >&2
+fi
 rm -f .venv/.installed-*
 touch "$stamp"

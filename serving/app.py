@@ -30,6 +30,7 @@ class ServeOptions:
     preset: str | None = None
     port: int = 50051
     host: str = "127.0.0.1"
+    http_port: int = 8080  # the OpenAI-compatible API and the web page (serving/http_api.py); 0: off
     device: str = "cpu"
     llm_engine: str = "vllm"
     metrics_port: int | None = 9090
@@ -105,6 +106,8 @@ class Stack:
         self.service = None
         self.server = None
         self.supervisor = None
+        self.http = None
+        self.http_port: int | None = None
         self.parts: dict = {}
         self.hurry = asyncio.Event()  # set: stop without waiting for in-flight streams
         self.port: int | None = None
@@ -157,6 +160,12 @@ class Stack:
                                        parts=self.parts)
             self.server = await start_server(self.service, options.port, options.host, tls=tls, api_key=options.api_key)
             self.port = self.server.bound_port
+            if options.http_port:
+                from serving.http_api import start_http
+
+                self.http = await start_http(self.service, options.http_port, options.host, model_id=f"bubogpt-{cfg.name}",
+                                             api_key=options.api_key, ssl_context=self._ssl_context())
+                self.http_port = self.http.bound_port
             if options.supervise:
                 ensembles = tuple(name for name in ("image_embed", "audio_embed", "grounding") if (repository / name / "config.pbtxt").is_file())
                 watched = [TritonWatch(self.triton, self.parts["triton"], models=ensembles)]
@@ -168,6 +177,16 @@ class Stack:
             await self.stop(grace_s=0)
             raise
         return self
+
+    def _ssl_context(self):
+        """TLS for the HTTP door too, with the gRPC door's certificate."""
+        if not self.options.tls_cert:
+            return None
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(self.options.tls_cert), str(self.options.tls_key))
+        return context
 
     def _start_triton(self, repository: Path) -> None:
         """Starts Triton; with ports of our choosing, retries on fresh ones (another process may
@@ -204,7 +223,9 @@ class Stack:
         security = ("TLS" if o.tls_cert else "plaintext") + (", token required" if o.api_key else ", no token")
         return (
             f"BuboGPT ({self.config.name}) serving on {o.host}:{self.port} (gRPC bubo.v1.Bubo; {security})\n"
-            f"  Triton: gRPC {t.url_grpc}, HTTP {t.url_http}, metrics {t.host}:{t.ports.metrics}\n"
+            + (f"  HTTP: {'https' if o.tls_cert else 'http'}://{o.host}:{self.http_port}/ (the web page), "
+               f"/v1/chat/completions (OpenAI-compatible, model bubogpt-{self.config.name})\n" if self.http else "")
+            + f"  Triton: gRPC {t.url_grpc}, HTTP {t.url_http}, metrics {t.host}:{t.ports.metrics}\n"
             f"  LLM engine: {o.llm_engine}"
             + (f"\n  metrics: http://{o.host}:{o.metrics_port}/metrics" if o.metrics_port else "")
             + ("\n  grounding: on" if self.service.grounder else "\n  grounding: off (no grounding models in the repository)")
@@ -217,8 +238,11 @@ class Stack:
 
         grace_s = self.options.drain_grace_s if grace_s is None else grace_s
         if self.server is not None:
-            await stop_server(self.server, grace_s, self.hurry)
+            await stop_server(self.server, grace_s, self.hurry)  # drains both doors: they share the in-flight count
             self.server = None
+        if self.http is not None:
+            await self.http.cleanup()
+            self.http = None
         if self.supervisor is not None:
             await self.supervisor.stop()  # before the parts stop: it would restart them
             self.supervisor = None

@@ -43,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"--model-repository: {args.model_repository}: no such directory")
     options = ServeOptions(
         weights=Path(args.weights) if args.weights else None, preset=args.preset, port=args.port, host=args.host,
+        http_port=args.http_port,
         device=args.device, llm_engine=args.llm_engine, metrics_port=args.metrics_port or None,
         grounding=not args.no_grounding, matcher=args.matcher,
         repository=Path(args.model_repository) if args.model_repository else None,
@@ -176,6 +177,8 @@ def register(sub) -> None:
     serve.add_argument("--preset", default=None, choices=("nano", "bubogpt-7b"))
     serve.add_argument("--weights", help="model directory in our format (default: the built-in nano model)")
     serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--http-port", type=int, default=8080,
+                       help="the OpenAI-compatible HTTP API (/v1/chat/completions) and the web page (/); 0: off")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     serve.add_argument("--llm-engine", choices=("vllm", "torch"), default="vllm")

@@ -76,6 +76,7 @@ class SamplingOptions:
     top_p: float = 1.0
     max_new_tokens: int = 256
     seed: int | None = None
+    stop: tuple[str, ...] = ()  # the caller's stop strings, besides the template's own `###`
 
     def validate(self) -> None:
         if not (0.0 <= self.temperature <= 5.0) or self.temperature != self.temperature:
@@ -86,6 +87,16 @@ class SamplingOptions:
             raise InvalidArgument(f"sampling.max_new_tokens: must be in [1, 8192], got {self.max_new_tokens}")
         if self.seed is not None and not (0 <= self.seed < 2**63):
             raise InvalidArgument(f"sampling.seed: must be in [0, 2^63), got {self.seed}")
+        if len(self.stop) > 4:
+            raise InvalidArgument(f"sampling.stop: at most 4 stop strings, got {len(self.stop)}")
+        for i, stop in enumerate(self.stop):
+            if not stop or len(stop) > 64:
+                raise InvalidArgument(f"sampling.stop[{i}]: must be 1 to 64 characters, got {len(stop)}")
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        """Every string generation stops at: the template's `###` and the caller's."""
+        return (STOP_STRING, *self.stop)
 
 
 @dataclass(frozen=True)
@@ -359,7 +370,7 @@ class VLLMEngine(EngineBase):
             top_p=sampling.top_p,
             max_tokens=prepared.max_new_tokens,
             seed=sampling.seed,
-            stop=[STOP_STRING],
+            stop=list(sampling.stops),
             output_kind=RequestOutputKind.DELTA,
         )
         start = time.perf_counter()
@@ -370,7 +381,7 @@ class VLLMEngine(EngineBase):
         # Text comes from our own detokenizer over the token ids (vLLM's stops at `###` in the
         # engine): the same streaming rules as the PyTorch engine, and the final text is exactly
         # the full decode even when a model emits invalid UTF-8 byte sequences.
-        stream = StopStringStream(self.tokenizer)
+        stream = StopStringStream(self.tokenizer, sampling.stops)
         try:
             async for output in engine.generate(self.engine_prompt(prepared), params, request_id):
                 choice = output.outputs[0]
@@ -461,7 +472,7 @@ class TorchEngine(EngineBase):
         cancelled = threading.Event()
         start = time.perf_counter()
         worker = loop.run_in_executor(None, self._run, prepared, sampling, queue, loop, cancelled)
-        stream = StopStringStream(self.tokenizer)
+        stream = StopStringStream(self.tokenizer, sampling.stops)
         first_token_s, finish_reason = None, None
         try:
             while finish_reason is None:
@@ -497,14 +508,15 @@ class TorchEngine(EngineBase):
 class StopStringStream:
     """Incremental detokenization that never emits text it may have to take back.
 
-    Two things can change already-decoded text: a tail that may still grow into the stop string,
-    and a run of byte-fallback tokens (`<0xNN>`), which decodes as one UTF-8 sequence and turns
-    into replacement characters as a whole if it ends up invalid. Both are held back until they
-    are settled, so the concatenated deltas always equal the final text.
+    Two things can change already-decoded text: a tail that may still grow into a stop string, and
+    a run of byte-fallback tokens (`<0xNN>`), which decodes as one UTF-8 sequence and turns into
+    replacement characters as a whole if it ends up invalid. Both are held back until they are
+    settled, so the concatenated deltas always equal the final text.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, stops: tuple[str, ...] = (STOP_STRING,)):
         self.tokenizer = tokenizer
+        self.stops = stops
         self.token_ids: list[int] = []
         self.text = ""  # emitted so far
         self.byte_tokens = byte_fallback_ids(tokenizer)
@@ -515,19 +527,18 @@ class StopStringStream:
     def push(self, token_id: int) -> tuple[str, bool]:
         self.token_ids.append(token_id)
         full = self._decode(self.token_ids)
-        index = full.find(STOP_STRING)
-        if index >= 0:
-            delta = full[len(self.text) : index]
-            self.text = full[:index]
+        cut, stopped = truncate_at_stop(full, self.stops)
+        if stopped:
+            delta = cut[len(self.text) :] if cut.startswith(self.text) else ""
+            self.text = cut if cut.startswith(self.text) else self.text
             return delta, True
         settled = len(self.token_ids)
         while settled and self.token_ids[settled - 1] in self.byte_tokens:
             settled -= 1
         safe_text = full if settled == len(self.token_ids) else self._decode(self.token_ids[:settled])
-        for k in range(len(STOP_STRING) - 1, 0, -1):
-            if full.endswith(STOP_STRING[:k]):
-                safe_text = safe_text[: min(len(safe_text), len(full) - k)]
-                break
+        held = max((k for stop in self.stops for k in range(len(stop) - 1, 0, -1) if full.endswith(stop[:k])), default=0)
+        if held:
+            safe_text = safe_text[: min(len(safe_text), len(full) - held)]
         if len(safe_text) <= len(self.text) or not safe_text.startswith(self.text):
             return "", False
         delta = safe_text[len(self.text) :]
@@ -535,7 +546,7 @@ class StopStringStream:
         return delta, False
 
     def flush(self) -> str:
-        final, _ = truncate_at_stop(self._decode(self.token_ids))
+        final, _ = truncate_at_stop(self._decode(self.token_ids), self.stops)
         delta = final[len(self.text) :] if final.startswith(self.text) else ""
         self.text = final if final.startswith(self.text) else self.text
         return delta

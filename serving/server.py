@@ -91,6 +91,7 @@ def validate_chat(request, limits: Limits) -> tuple[list[Turn], SamplingOptions]
         top_p=sampling.top_p or 1.0,
         max_new_tokens=max_new,
         seed=sampling.seed if sampling.HasField("seed") else None,
+        stop=tuple(sampling.stop),
     )
     options.validate()
     return turns, options
@@ -125,6 +126,14 @@ class RpcCall:
     code: grpc.StatusCode = grpc.StatusCode.OK
 
 
+class Failure(Exception):
+    """A request that failed, as its door answers it: gRPC status, HTTP status, message, the part named."""
+
+    def __init__(self, code: grpc.StatusCode, http: int, message: str, part: str | None, cause: BaseException):
+        super().__init__(message)
+        self.code, self.http, self.message, self.part, self.cause = code, http, message, part, cause
+
+
 class BuboService(bubo_pb2_grpc.BuboServicer):
     def __init__(
         self,
@@ -151,28 +160,17 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
 
     # -- one way to fail ---------------------------------------------------------------------------
 
-    async def _abort(self, context, exc: BaseException, method: str, request_id: str) -> grpc.StatusCode:
-        """Answers the RPC with the status the error table gives `exc`; a failed part is also named in
-        the trailing metadata (`bubo-part: triton|llm`), for clients that wait for it to come back."""
-        code, _, message = status_of(exc, request_id)
-        if code == grpc.StatusCode.INTERNAL and not isinstance(exc, PartFailed):
-            log.error("%s failed", method, exc_info=exc, extra={"request_id": request_id})
-        else:
-            log.info("%s refused: %s %s", method, code.name, message, extra={"request_id": request_id})
-        part = getattr(exc, "part", None)
-        await context.abort(code, message, trailing_metadata=(("bubo-part", part),) if part else ())
-        return code
-
     def _inner_cancel(self) -> bool:
         """A CancelledError that is not this RPC being cancelled (the client went away) came from a part."""
         task = asyncio.current_task()
         return task is not None and not task.cancelling()
 
     @contextlib.asynccontextmanager
-    async def _answering(self, method: str, context):
-        """One RPC: counted in flight (what a drain waits for), its final status in the metrics, and every
-        failure answered through the error table. A cancel by the client stays a cancel; a
-        CancelledError that did not come from the client is a failure of ours."""
+    async def answering(self, method: str):
+        """One request, through any door (gRPC, HTTP): counted in flight (what a drain waits for), its
+        final status in the metrics, and every failure turned into a `Failure` by the error table. A
+        cancel by the client stays a cancel; a CancelledError that did not come from the client is a
+        failure of ours."""
         call = RpcCall(uuid.uuid4().hex, time.perf_counter())
         self.in_flight += 1
         try:
@@ -182,23 +180,41 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
                 call.code = grpc.StatusCode.CANCELLED
                 log.info("%s cancelled by the client", method, extra={"request_id": call.request_id})
                 raise
-            call.code = status_of(exc, call.request_id)[0]
-            await self._abort(context, exc, method, call.request_id)
+            raise self._failure(call, exc, method) from exc
         except Exception as exc:  # noqa: BLE001 - every failure gets its status from the one table
-            call.code = status_of(exc, call.request_id)[0]
-            await self._abort(context, exc, method, call.request_id)
+            raise self._failure(call, exc, method) from exc
         finally:
             self.in_flight -= 1
             self.metrics.observe_request(method, call.code.name, time.perf_counter() - call.start)
 
+    def _failure(self, call: RpcCall, exc: BaseException, method: str) -> Failure:
+        code, http, message = status_of(exc, call.request_id)
+        call.code = code
+        if code == grpc.StatusCode.INTERNAL and not isinstance(exc, PartFailed):
+            log.error("%s failed", method, exc_info=exc, extra={"request_id": call.request_id})
+        else:
+            log.info("%s refused: %s %s", method, code.name, message, extra={"request_id": call.request_id})
+        return Failure(code, http, message, getattr(exc, "part", None), exc)
+
+    @staticmethod
+    async def _abort(context, failure: Failure):
+        """The gRPC answer to a failure; a failed part is also named in the trailing metadata
+        (`bubo-part: triton|llm`), for clients that wait for it to come back."""
+        metadata = (("bubo-part", failure.part),) if failure.part else ()
+        await context.abort(failure.code, failure.message, trailing_metadata=metadata)
+
     # -- Chat -------------------------------------------------------------------------------------
 
     async def Chat(self, request, context):
-        async with self._answering("Chat", context) as call:
-            async for event in self._chat(request, call.request_id, call.start):
-                yield event
+        try:
+            async with self.answering("Chat") as call:
+                async for event in self.chat(request, call.request_id, call.start):
+                    yield event
+        except Failure as failure:
+            await self._abort(context, failure)
 
-    async def _chat(self, request, request_id: str, start: float):
+    async def chat(self, request, request_id: str, start: float):
+        """The answer to a `bubo.v1.ChatRequest` as `ChatEvent`s; raises what `answering` turns into a status."""
         if self.draining:
             raise ShuttingDown("the server is shutting down; send new requests to another replica")
         _check_decoded(request)
@@ -294,8 +310,11 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
     # -- Ground -----------------------------------------------------------------------------------
 
     async def Ground(self, request, context):
-        async with self._answering("Ground", context) as call:
-            return await self._ground(request, call.start)
+        try:
+            async with self.answering("Ground") as call:
+                return await self._ground(request, call.start)
+        except Failure as failure:
+            await self._abort(context, failure)
 
     async def _ground(self, request, start: float):
         if self.draining:

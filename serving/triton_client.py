@@ -32,6 +32,8 @@ CHANNEL_ARGS = [
     ("grpc.max_send_message_length", 256 << 20),
     ("grpc.max_receive_message_length", 256 << 20),
 ]
+UNHEALTHY_STUB = "is not healthy"  # Triton's message for a python-backend stub that missed its health check
+STUB_RETRY_DELAYS_S = (0.25, 1.0)
 TRANSIENT = {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.ABORTED",
              "StatusCode.RESOURCE_EXHAUSTED"}
 
@@ -81,14 +83,22 @@ class TritonClient:
         from tritonclient.utils import InferenceServerException
 
         async with self._slots:
-            try:
-                result = await self.client.infer(model, inputs, client_timeout=self.call_timeout_s)
-            except InferenceServerException as exc:
-                raise classify(exc, model, fields) from None
-            except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():
-                    raise  # shutting down
-                raise PartUnavailable("triton", f"the call to Triton's {model} was cut off (its channel closed)") from None
+            for attempt in range(len(STUB_RETRY_DELAYS_S) + 1):
+                try:
+                    result = await self.client.infer(model, inputs, client_timeout=self.call_timeout_s)
+                    break
+                except InferenceServerException as exc:
+                    # A python-backend stub that did not answer Triton's 1 s health check (a busy machine)
+                    # fails the call; Triton restarts the stub, and the same call then succeeds.
+                    if attempt < len(STUB_RETRY_DELAYS_S) and UNHEALTHY_STUB in (exc.message() or ""):
+                        log.warning("Triton's %s: %s; retrying", model, exc.message())
+                        await asyncio.sleep(STUB_RETRY_DELAYS_S[attempt])
+                        continue
+                    raise classify(exc, model, fields) from None
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling():
+                        raise  # shutting down
+                    raise PartUnavailable("triton", f"the call to Triton's {model} was cut off (its channel closed)") from None
         return parse(result)
 
     async def close(self, timeout_s: float = 10.0) -> None:
@@ -109,6 +119,6 @@ def classify(exc, model: str, fields: dict[str, str]) -> Exception:
             if marker in message:
                 return InvalidArgument(f"{field}: {message.split(marker, 1)[1]}")
         return InvalidArgument(f"{'/'.join(fields.values()) or model}: {message}")
-    if status in TRANSIENT or "failed to connect" in message or "Socket closed" in message:
+    if status in TRANSIENT or any(sign in message for sign in ("failed to connect", "Socket closed", UNHEALTHY_STUB)):
         return PartUnavailable("triton", f"Triton could not run {model}: {message}")
     return PartFailed("triton", f"Triton's {model} failed: {message}")

@@ -1,3 +1,5 @@
+import contextlib
+
 import grpc
 import pytest
 
@@ -9,7 +11,7 @@ __all__ = ["make_audio_bytes", "make_image_bytes"]
 # Modules that start real parts (Triton, the vLLM engine, the gRPC frontend, `bubo serve`): marked
 # `stack`; every other test is `unit` (`pytest -m unit` is the quick inner loop).
 STACK_MODULES = {"test_server", "test_served_meaning", "test_reliability", "test_reexport", "test_benchmarks",
-                 "test_llm_engine", "test_vllm_mm_route", "test_triton"}
+                 "test_llm_engine", "test_vllm_mm_route", "test_triton", "test_http_api", "test_web"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -49,10 +51,10 @@ def audio_bytes() -> bytes:
     return make_audio_bytes()
 
 
-# The whole stack on loopback (real Triton, vLLM engine and gRPC frontend), once per test module that asks.
+# The whole stack on loopback (real Triton, vLLM engine, gRPC and HTTP frontends), once per session.
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def loop():
     runner = LoopThread()
     yield runner
@@ -66,17 +68,36 @@ def serve_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("serve-cache")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(loop, serve_cache):
+    """One stack for every module that asks (gRPC on a free port, HTTP too); stopped at the end of the session."""
     from serving.app import ServeOptions, Stack, free_port
 
-    options = ServeOptions(port=0, metrics_port=free_port(), cache_dir=serve_cache)
+    options = ServeOptions(port=0, metrics_port=free_port(), http_port=free_port(), cache_dir=serve_cache)
     stack = loop.run(Stack(options).start(), timeout=900)
     yield stack
     loop.run(stack.stop(grace_s=5), timeout=120)
 
 
-@pytest.fixture(scope="module")
+@contextlib.contextmanager
+def part_down(loop, stack, name: str):
+    """The stack's part `name` reported down, with its supervisor paused (it would see the part healthy and
+    mark it up again), for tests of what requests get while a part is down."""
+    part = stack.parts[name]
+    loop.run(stack.supervisor.stop())
+    part.mark_down("taken down by a test")
+    try:
+        yield part
+    finally:
+        part.mark_up()
+        loop.run(_start_supervisor(stack))
+
+
+async def _start_supervisor(stack):
+    stack.supervisor.start()
+
+
+@pytest.fixture(scope="session")
 def stub(stack):
     from serving.proto import bubo_pb2_grpc
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def stack(loop, tmp_path_factory):
     # no grounding models in this repository: a quicker export, and the "n/a" path of the grounding metrics
-    options = ServeOptions(port=0, metrics_port=None, cache_dir=tmp_path_factory.mktemp("cache"), grounding=False)
+    options = ServeOptions(port=0, metrics_port=None, http_port=0, cache_dir=tmp_path_factory.mktemp("cache"), grounding=False)
     stack = loop.run(Stack(options).start(), timeout=900)
     yield stack
     loop.run(stack.stop(grace_s=5), timeout=120)

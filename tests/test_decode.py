@@ -105,3 +105,10 @@ def test_byte_fallback_runs_are_emitted_whole(tokenizer):
     deltas.append(stream.flush())
     assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens=True)
     assert all("\ufffd" not in d for d in deltas), deltas  # never half a UTF-8 sequence
+
+
+def test_the_callers_stop_strings_cut_the_answer_too(tokenizer):
+    ids = tokenizer.encode("There is a red ball. And a cat.", add_special_tokens=False)
+    stream = StopStringStream(tokenizer, stops=(STOP_STRING, "ball"))
+    deltas, stopped = push_all(stream, ids)
+    assert stopped and "".join(deltas) == stream.text == "There is a red "

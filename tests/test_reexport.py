@@ -43,7 +43,7 @@ def train_stage1(tmp_path):
 def test_trained_weights_reach_the_running_server(tmp_path, loop):
     repo = tmp_path / "repo"
     write_repository(repo, load_model(default_model_dir()), settings=RepositorySettings(execution_env=str(model_env_dir())))
-    options = ServeOptions(port=0, metrics_port=None, cache_dir=tmp_path / "cache", repository=repo,
+    options = ServeOptions(port=0, metrics_port=None, http_port=0, cache_dir=tmp_path / "cache", repository=repo,
                            repository_poll_s=1, grounding=False)
     stack = loop.run(Stack(options).start(), timeout=900)
     try:

@@ -373,27 +373,37 @@ def test_tls_and_the_token_guard_every_rpc_but_health(loop, stack, reference, tm
         loop.run(server.stop(0))
 
 
-def test_graceful_shutdown_finishes_in_flight_streams(loop, stack, stub, reference):
-    """Runs last in this module: it stops the stack."""
+def test_graceful_shutdown_finishes_in_flight_streams(loop, stack, reference):
+    """A second gRPC server on the same service is drained while a stream runs through it; the service is
+    given back to the other tests afterwards (the SIGTERM drain of `bubo serve`: tests/test_reliability.py)."""
+    from serving.server import start_server, stop_server
+
+    server = loop.run(start_server(stack.service, 0))
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.bound_port}")
+    drained_stub = bubo_pb2_grpc.BuboStub(channel)
     results = {}
     streaming = threading.Event()
 
     def long_chat():
         events = []
-        for event in stub.Chat(chat_request("Tell me a story.", max_new_tokens=64)):
+        for event in drained_stub.Chat(chat_request("Tell me a story.", max_new_tokens=64)):
             events.append(event)
             streaming.set()
         results["chat"] = collect(events)
 
     thread = threading.Thread(target=long_chat)
     thread.start()
-    assert streaming.wait(60)  # the stream is under way when the stop begins
-    loop.run(stack.stop(grace_s=60), timeout=300)
-    thread.join(60)
-    finished = results["chat"]
-    oracle = expected(reference, [Turn("user", "Tell me a story.")], max_new_tokens=64)
-    assert finished.token_ids == oracle.token_ids  # the whole answer arrived, not a cut stream
-    assert finished.done.usage.completion_tokens == len(oracle.token_ids)
-    with pytest.raises(grpc.RpcError):
-        list(stub.Chat(chat_request("hi", max_new_tokens=2)))
-
+    try:
+        assert streaming.wait(60)  # the stream is under way when the stop begins
+        loop.run(stop_server(server, grace_s=60), timeout=300)
+        thread.join(60)
+        finished = results["chat"]
+        oracle = expected(reference, [Turn("user", "Tell me a story.")], max_new_tokens=64)
+        assert finished.token_ids == oracle.token_ids  # the whole answer arrived, not a cut stream
+        assert finished.done.usage.completion_tokens == len(oracle.token_ids)
+        with pytest.raises(grpc.RpcError):
+            list(drained_stub.Chat(chat_request("hi", max_new_tokens=2), timeout=10))
+    finally:
+        channel.close()
+        stack.service.draining = False
+        loop.run(stack.server.health.refresh())

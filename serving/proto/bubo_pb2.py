@@ -24,41 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18serving/proto/bubo.proto\x12\x07\x62ubo.v1\"1\n\x04Turn\x12\x1b\n\x04role\x18\x01 \x01(\x0e\x32\r.bubo.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\"b\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"\x92\x01\n\x0b\x43hatRequest\x12\x1c\n\x05turns\x18\x01 \x03(\x0b\x32\r.bubo.v1.Turn\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\r\n\x05\x61udio\x18\x03 \x01(\x0c\x12#\n\x08sampling\x18\x04 \x01(\x0b\x32\x11.bubo.v1.Sampling\x12\x0e\n\x06ground\x18\x05 \x01(\x08\x12\x12\n\nsession_id\x18\x06 \x01(\t\",\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"5\n\x04Mask\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06\x63ounts\x18\x03 \x01(\t\"\x99\x01\n\x06\x45ntity\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06phrase\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\x12\r\n\x05label\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x02\x12\x19\n\x03\x62ox\x18\x07 \x01(\x0b\x32\x0c.bubo.v1.Box\x12\x1b\n\x04mask\x18\x08 \x01(\x0b\x32\r.bubo.v1.Mask\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\x85\x01\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x11\n\tencode_ms\x18\x02 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x03 \x01(\x01\x12\x15\n\rgeneration_ms\x18\x04 \x01(\x01\x12\x14\n\x0cgrounding_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\"m\n\x04\x44one\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\x1d\n\x05usage\x18\x02 \x01(\x0b\x32\x0e.bubo.v1.Usage\x12!\n\x07timings\x18\x03 \x01(\x0b\x32\x10.bubo.v1.Timings\x12\x0c\n\x04text\x18\x04 \x01(\t\"{\n\tChatEvent\x12#\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x12.bubo.v1.TextDeltaH\x00\x12!\n\x06\x65ntity\x18\x02 \x01(\x0b\x32\x0f.bubo.v1.EntityH\x00\x12\x1d\n\x04\x64one\x18\x03 \x01(\x0b\x32\r.bubo.v1.DoneH\x00\x42\x07\n\x05\x65vent\",\n\rGroundRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0c\n\x04text\x18\x02 \x01(\t\"d\n\x0eGroundResponse\x12\x0c\n\x04tags\x18\x01 \x03(\t\x12!\n\x08\x65ntities\x18\x02 \x03(\x0b\x32\x0f.bubo.v1.Entity\x12!\n\x07timings\x18\x03 \x01(\x0b\x32\x10.bubo.v1.Timings*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x32u\n\x04\x42ubo\x12\x32\n\x04\x43hat\x12\x14.bubo.v1.ChatRequest\x1a\x12.bubo.v1.ChatEvent0\x01\x12\x39\n\x06Ground\x12\x16.bubo.v1.GroundRequest\x1a\x17.bubo.v1.GroundResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18serving/proto/bubo.proto\x12\x07\x62ubo.v1\"1\n\x04Turn\x12\x1b\n\x04role\x18\x01 \x01(\x0e\x32\r.bubo.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\"p\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x07\n\x05_seed\"\x92\x01\n\x0b\x43hatRequest\x12\x1c\n\x05turns\x18\x01 \x03(\x0b\x32\r.bubo.v1.Turn\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\r\n\x05\x61udio\x18\x03 \x01(\x0c\x12#\n\x08sampling\x18\x04 \x01(\x0b\x32\x11.bubo.v1.Sampling\x12\x0e\n\x06ground\x18\x05 \x01(\x08\x12\x12\n\nsession_id\x18\x06 \x01(\t\",\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"5\n\x04Mask\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06\x63ounts\x18\x03 \x01(\t\"\x99\x01\n\x06\x45ntity\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06phrase\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\x12\r\n\x05label\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x02\x12\x19\n\x03\x62ox\x18\x07 \x01(\x0b\x32\x0c.bubo.v1.Box\x12\x1b\n\x04mask\x18\x08 \x01(\x0b\x32\r.bubo.v1.Mask\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\x85\x01\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x11\n\tencode_ms\x18\x02 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x03 \x01(\x01\x12\x15\n\rgeneration_ms\x18\x04 \x01(\x01\x12\x14\n\x0cgrounding_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\"m\n\x04\x44one\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\x1d\n\x05usage\x18\x02 \x01(\x0b\x32\x0e.bubo.v1.Usage\x12!\n\x07timings\x18\x03 \x01(\x0b\x32\x10.bubo.v1.Timings\x12\x0c\n\x04text\x18\x04 \x01(\t\"{\n\tChatEvent\x12#\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x12.bubo.v1.TextDeltaH\x00\x12!\n\x06\x65ntity\x18\x02 \x01(\x0b\x32\x0f.bubo.v1.EntityH\x00\x12\x1d\n\x04\x64one\x18\x03 \x01(\x0b\x32\r.bubo.v1.DoneH\x00\x42\x07\n\x05\x65vent\",\n\rGroundRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0c\n\x04text\x18\x02 \x01(\t\"d\n\x0eGroundResponse\x12\x0c\n\x04tags\x18\x01 \x03(\t\x12!\n\x08\x65ntities\x18\x02 \x03(\x0b\x32\x0f.bubo.v1.Entity\x12!\n\x07timings\x18\x03 \x01(\x0b\x32\x10.bubo.v1.Timings*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x32u\n\x04\x42ubo\x12\x32\n\x04\x43hat\x12\x14.bubo.v1.ChatRequest\x1a\x12.bubo.v1.ChatEvent0\x01\x12\x39\n\x06Ground\x12\x16.bubo.v1.GroundRequest\x1a\x17.bubo.v1.GroundResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'serving.proto.bubo_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1228
-  _globals['_ROLE']._serialized_end=1291
+  _globals['_ROLE']._serialized_start=1242
+  _globals['_ROLE']._serialized_end=1305
   _globals['_TURN']._serialized_start=37
   _globals['_TURN']._serialized_end=86
   _globals['_SAMPLING']._serialized_start=88
-  _globals['_SAMPLING']._serialized_end=186
-  _globals['_CHATREQUEST']._serialized_start=189
-  _globals['_CHATREQUEST']._serialized_end=335
-  _globals['_TEXTDELTA']._serialized_start=337
-  _globals['_TEXTDELTA']._serialized_end=381
-  _globals['_BOX']._serialized_start=383
-  _globals['_BOX']._serialized_end=436
-  _globals['_MASK']._serialized_start=438
-  _globals['_MASK']._serialized_end=491
-  _globals['_ENTITY']._serialized_start=494
-  _globals['_ENTITY']._serialized_end=647
-  _globals['_USAGE']._serialized_start=649
-  _globals['_USAGE']._serialized_end=706
-  _globals['_TIMINGS']._serialized_start=709
-  _globals['_TIMINGS']._serialized_end=842
-  _globals['_DONE']._serialized_start=844
-  _globals['_DONE']._serialized_end=953
-  _globals['_CHATEVENT']._serialized_start=955
-  _globals['_CHATEVENT']._serialized_end=1078
-  _globals['_GROUNDREQUEST']._serialized_start=1080
-  _globals['_GROUNDREQUEST']._serialized_end=1124
-  _globals['_GROUNDRESPONSE']._serialized_start=1126
-  _globals['_GROUNDRESPONSE']._serialized_end=1226
-  _globals['_BUBO']._serialized_start=1293
-  _globals['_BUBO']._serialized_end=1410
+  _globals['_SAMPLING']._serialized_end=200
+  _globals['_CHATREQUEST']._serialized_start=203
+  _globals['_CHATREQUEST']._serialized_end=349
+  _globals['_TEXTDELTA']._serialized_start=351
+  _globals['_TEXTDELTA']._serialized_end=395
+  _globals['_BOX']._serialized_start=397
+  _globals['_BOX']._serialized_end=450
+  _globals['_MASK']._serialized_start=452
+  _globals['_MASK']._serialized_end=505
+  _globals['_ENTITY']._serialized_start=508
+  _globals['_ENTITY']._serialized_end=661
+  _globals['_USAGE']._serialized_start=663
+  _globals['_USAGE']._serialized_end=720
+  _globals['_TIMINGS']._serialized_start=723
+  _globals['_TIMINGS']._serialized_end=856
+  _globals['_DONE']._serialized_start=858
+  _globals['_DONE']._serialized_end=967
+  _globals['_CHATEVENT']._serialized_start=969
+  _globals['_CHATEVENT']._serialized_end=1092
+  _globals['_GROUNDREQUEST']._serialized_start=1094
+  _globals['_GROUNDREQUEST']._serialized_end=1138
+  _globals['_GROUNDRESPONSE']._serialized_start=1140
+  _globals['_GROUNDRESPONSE']._serialized_end=1240
+  _globals['_BUBO']._serialized_start=1307
+  _globals['_BUBO']._serialized_end=1424
 # @@protoc_insertion_point(module_scope)
