@@ -2,6 +2,7 @@
 
     bubo bench --suite e2e --quick               # served stack vs baseline, minutes
     bubo bench --suite soak                      # 1000 mixed requests with faults (kills, SIGSTOP, cancels, garbage)
+    bubo bench --suite entities                  # phrase -> mask: entities while the answer is written, or after it
     python -m benchmarks.commands --suite perf   # the same without the `bubo` entry point
 
 Registered by the `bubo` command (bubo_cli/main.py). Paths given on the command line are made
@@ -37,6 +38,18 @@ def _bench(args: argparse.Namespace) -> int:
         print((directory / "results.md").read_text())
         print(f"results: {directory}")
         return 0
+    if args.suite == "entities":
+        from benchmarks.entity_stream import EntitySettings, main_entities
+
+        settings = EntitySettings.quick() if args.quick else EntitySettings()
+        if args.entity_images:
+            settings.images = args.entity_images
+        if args.max_new_tokens:
+            settings.max_new_tokens = args.max_new_tokens
+        directory = main_entities(Path(args.out), settings, Path(args.cache_dir) if args.cache_dir else None)
+        print((directory / "results.md").read_text())
+        print(f"results: {directory}")
+        return 0
     if args.suite == "quick":  # the whole comparison with short settings: minutes on a CPU machine
         args.suite, args.quick = "all", True
     settings = SuiteSettings.quick() if args.quick else SuiteSettings()
@@ -59,10 +72,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     """Registers `bench` on an argparse subparsers object."""
     bench = subparsers.add_parser("bench", help="benchmarks: served stack vs baseline, Triton encoders (perf_analyzer)",
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.add_argument("--suite", choices=("quick", "e2e", "perf", "baseline", "all", "soak"), default="e2e",
-                       help="quick = all with --quick; soak = mixed load with faults (benchmarks/soak.py)")
+    bench.add_argument("--suite", choices=("quick", "e2e", "perf", "baseline", "all", "soak", "entities"), default="e2e",
+                       help="quick = all with --quick; soak = mixed load with faults (benchmarks/soak.py); "
+                            "entities = phrase -> mask latency (benchmarks/entity_stream.py)")
     bench.add_argument("--soak-requests", type=int, default=1000, help="soak: requests in the schedule")
     bench.add_argument("--soak-concurrency", type=int, default=16, help="soak: concurrent clients")
+    bench.add_argument("--entity-images", type=int, help="entities: pictures per pass (default 16, --quick 4)")
     bench.add_argument("--out", default="benchmarks/results", help="results root (a <suite>-<timestamp>/ folder is made)")
     bench.add_argument("--quick", action="store_true", help="fewer requests and tokens, short perf windows")
     bench.add_argument("--weights", help="model directory (default: the built-in nano model)")

@@ -225,6 +225,11 @@ def grounding_markdown(results: dict) -> str:
             f"last token -> last mask {fmt(tail['mean']) + ' ms' if tail else 'n/a (no entity events: nothing in the answers matched a grounded label)'}"
             + (f"; server grounding time {server:.0f} ms" if server else "")
             + f" ({on['completed']} requests each)")
+        for name, key in (("fresh pictures", "phrase_to_mask_ms"), ("grounding finished before (cached)", "phrase_to_mask_ms_grounded_before")):
+            stats = effect.get(key)
+            if stats:
+                lines.append(f"  - phrase -> mask, {name}: p50 {stats['p50']:.1f} ms, p99 {stats['p99']:.1f} ms; "
+                             f"{stats['before_answer_end']} of {stats['entities']} entities sent before the answer ended")
     return "\n".join(lines) + "\n" if lines else ""
 
 

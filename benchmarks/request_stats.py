@@ -32,6 +32,8 @@ class RequestRecord:
     usage_prompt_tokens: int | None = None
     usage_completion_tokens: int | None = None
     entity_times: list[float] = field(default_factory=list)
+    # per entity event, from the server's Done: (ms after its phrase's last token, sent before the answer ended)
+    entity_latency: list[tuple[float, bool]] = field(default_factory=list)
     status: str = "OK"  # gRPC status code name
     error: str = ""
     finish_reason: str = ""
@@ -95,6 +97,15 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else value * 1e3
 
 
+def _phrase_to_mask(ok: list[RequestRecord]) -> dict | None:
+    latencies = [ms for r in ok for ms, _ in r.entity_latency]
+    if not latencies:
+        return None
+    early = sum(1 for r in ok for _, before in r.entity_latency if before)
+    return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "entities": len(latencies),
+            "before_answer_end": early, "before_answer_end_share": early / len(latencies)}
+
+
 def summarize(records: list[RequestRecord], concurrency: int, wall_s: float | None = None) -> dict:
     """The level's metrics; times in milliseconds, rates per second, None where not measurable."""
     ok = [r for r in records if r.ok]
@@ -129,6 +140,8 @@ def summarize(records: list[RequestRecord], concurrency: int, wall_s: float | No
         "done_tail_ms": {"p50": _ms(percentile(done_tails, 50)), "p99": _ms(percentile(done_tails, 99)),
                          "mean": _ms(mean(done_tails))},
         "entity_events": sum(len(r.entity_times) for r in ok),
+        # phrase -> mask: how long after the token that completed a phrase its entity (mask) went out
+        "phrase_to_mask_ms": _phrase_to_mask(ok),
         "server_timings_ms_mean": {
             key: mean([r.server_timings_ms[key] for r in ok if key in r.server_timings_ms])
             for key in sorted({k for r in ok for k in r.server_timings_ms})

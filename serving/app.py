@@ -43,6 +43,8 @@ class ServeOptions:
     # entity matching: "rule" (deterministic), "llm" (the served LLM with the paper's prompt, rule
     # fallback), "auto" (llm for bubogpt-7b, rule for the tiny model, which cannot follow it)
     matcher: str = "auto"
+    # entities while the answer is written (rule matcher, phrase by phrase); `matcher` adds the rest at the end
+    incremental_entities: bool = True
     # > 0: Triton polls the repository and loads new versions (`bubo export --update`) while serving
     repository_poll_s: int = 0
     # the address the Triton we start listens on (its gRPC, HTTP and metrics ports); loopback keeps the
@@ -157,7 +159,7 @@ class Stack:
                 metrics.serve(options.metrics_port, options.host)
             self.service = BuboService(self.encoders, self.engine, grounder=grounder, matcher=self._matcher(),
                                        limits=Limits(max_concurrent_streams=options.max_concurrent_streams), metrics=metrics,
-                                       parts=self.parts)
+                                       parts=self.parts, incremental_entities=options.incremental_entities)
             self.server = await start_server(self.service, options.port, options.host, tls=tls, api_key=options.api_key)
             self.port = self.server.bound_port
             if options.http_port:

@@ -82,7 +82,7 @@ def chat_request(text: str, image: bytes = b"", audio: bytes = b"", history: lis
     return bubo_pb2.ChatRequest(turns=turns, image=image, audio=audio, sampling=sampling, ground=ground)
 
 
-def collect(events, on_delta=None) -> ChatResult:
+def collect(events, on_delta=None, on_entity=None) -> ChatResult:
     result = ChatResult()
     for event in events:
         kind = event.WhichOneof("event")
@@ -93,9 +93,25 @@ def collect(events, on_delta=None) -> ChatResult:
                 on_delta(event.delta.text)
         elif kind == "entity":
             result.entities.append(event.entity)
+            if on_entity:
+                on_entity(event.entity, len(result.entities))
         else:
             result.done = event.done
     return result
+
+
+def entity_marker(write):
+    """`bubo chat` marks each entity in the streamed text when it arrives: `[n]` (its row in the table
+    printed after the answer), in the terminal's colour for it when stdout is a terminal."""
+    colours = ("31", "32", "34", "33", "35", "36")
+
+    def mark(entity, n: int) -> None:
+        if sys.stdout.isatty():
+            write(f"\033[{colours[(n - 1) % len(colours)]}m[{n}]\033[0m")
+        else:
+            write(f"[{n}]")
+
+    return mark
 
 
 def main_chat(server: str | Endpoint, text: str, image: str | None, audio: str | None, out: str | None, ground: bool | None,
@@ -112,7 +128,7 @@ def main_chat(server: str | Endpoint, text: str, image: str | None, audio: str |
         write = lambda t: (sys.stdout.write(t), sys.stdout.flush())  # noqa: E731
         try:
             try:
-                result = collect(stub.Chat(request), on_delta=write)
+                result = collect(stub.Chat(request), on_delta=write, on_entity=entity_marker(write))
             except grpc.RpcError as exc:
                 if not (exc.code() == grpc.StatusCode.FAILED_PRECONDITION and exc.details().startswith("ground:")):
                     raise
@@ -131,11 +147,12 @@ def main_chat(server: str | Endpoint, text: str, image: str | None, audio: str |
     console.print(f"[{done.finish_reason}; {done.usage.prompt_tokens} prompt + {done.usage.completion_tokens} generated tokens; "
                   f"first token {done.timings.first_token_ms:.0f} ms, total {done.timings.total_ms:.0f} ms]", markup=False)
     if result.entities:
-        table = Table(title="grounded entities")
-        for column in ("#", "phrase", "label", "score", "box (x0, y0, x1, y1)"):
+        table = Table(title="grounded entities ([n] in the answer where each arrived)")
+        for column in ("n", "phrase", "characters", "label", "score", "box (x0, y0, x1, y1)", "entity"):
             table.add_column(column)
-        for e in result.entities:
-            table.add_row(str(e.index), e.phrase, e.label, f"{e.score:.2f}", f"{e.box.x0:.0f}, {e.box.y0:.0f}, {e.box.x1:.0f}, {e.box.y1:.0f}")
+        for n, e in enumerate(result.entities, 1):
+            table.add_row(str(n), e.phrase, f"{e.start}-{e.end}", e.label, f"{e.score:.2f}",
+                          f"{e.box.x0:.0f}, {e.box.y0:.0f}, {e.box.x1:.0f}, {e.box.y1:.0f}", str(e.index))
         console.print(table)
     elif ground and image_bytes:
         console.print("no object of the answer was grounded in the image", markup=False)
@@ -167,7 +184,7 @@ def interactive_chat(server: str | Endpoint, image: str | None, audio: str | Non
                                    max_new_tokens=max_new_tokens, temperature=temperature)
             write("assistant: ")
             try:
-                result = collect(stub.Chat(request), on_delta=write)
+                result = collect(stub.Chat(request), on_delta=write, on_entity=entity_marker(write))
             except KeyboardInterrupt:
                 print("\n(cancelled)", file=sys.stderr)
                 continue

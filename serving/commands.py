@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"--model-repository: {args.model_repository}: no such directory")
     options = ServeOptions(
         weights=Path(args.weights) if args.weights else None, preset=args.preset, port=args.port, host=args.host,
-        http_port=args.http_port,
+        http_port=args.http_port, incremental_entities=args.incremental_entities,
         device=args.device, llm_engine=args.llm_engine, metrics_port=args.metrics_port or None,
         grounding=not args.no_grounding, matcher=args.matcher,
         repository=Path(args.model_repository) if args.model_repository else None,
@@ -188,7 +188,10 @@ def register(sub) -> None:
     serve.add_argument("--repository-poll-secs", type=int, default=0,
                        help="> 0: load new model versions written by `bubo export --update` while serving")
     serve.add_argument("--matcher", choices=("auto", "rule", "llm"), default="auto",
-                       help="entity matching: rule-based, the served LLM (paper's prompt), or auto by model size")
+                       help="entity matching of the complete answer: rule-based, the served LLM (paper's prompt), or auto "
+                            "(llm for bubogpt-7b, rule for nano)")
+    serve.add_argument("--incremental-entities", action=argparse.BooleanOptionalAction, default=True,
+                       help="send each entity as soon as its phrase is written (rule matcher); --matcher adds the rest at the end")
     serve.add_argument("--api-key", help="require `authorization: Bearer KEY` on every RPC but health (default: $BUBO_API_KEY)")
     serve.add_argument("--tls-cert", help="serve TLS with this certificate chain (PEM)")
     serve.add_argument("--tls-key", help="the certificate's private key (PEM)")

@@ -7,8 +7,9 @@ Per Chat request:
      (RESOURCE_EXHAUSTED when all are taken);
   2. grounding of the image starts at once, in the background;
   3. image/audio embeddings from the Triton ensembles (content-hash cache), concurrently;
-  4. token deltas streamed from the LLM engine as they come;
-  5. when the answer is complete: entity matching, one event per grounded entity;
+  4. token deltas streamed from the LLM engine as they come, and between them an entity event for
+     each phrase as soon as it is final and the grounding result is there (`EntityStream`);
+  5. when the answer is complete: the configured matcher adds the entities not sent yet;
   6. a Done event with the finish reason, token counts and timings.
 A client that cancels, disconnects or runs out of deadline aborts its generation; its Triton calls
 run to their end (cancelling them can crash Triton: serving/triton_client.py) and land in the cache.
@@ -23,11 +24,13 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import grpc
 
 from bubogpt.grounding.matching import EntityMatcher, RuleEntityMatcher
+from bubogpt.grounding.matching.incremental import IncrementalMatcher
 from bubogpt.grounding.pipeline import GroundingResult
 from bubogpt.grounding.schema import GroundedEntity
 from bubogpt.prompt import Turn
@@ -119,6 +122,94 @@ def entity_message(entity: GroundedEntity, phrase: str = "", start: int = 0, end
     )
 
 
+GROUNDED = object()  # marks, between the LLM's events, the moment the grounding result arrived
+_END = object()
+
+
+async def wake_on(task: asyncio.Task, events: AsyncIterator):
+    """`events`, with `GROUNDED` yielded between them the moment `task` ends (when it ends first), so
+    the entities already written go out then, not with the next token. Closing this closes `events`
+    (the engine's generator aborts its request there)."""
+    pending = None
+    try:
+        while not task.done():
+            pending = asyncio.ensure_future(anext(events, _END))
+            await asyncio.wait({pending, task}, return_when=asyncio.FIRST_COMPLETED)
+            if not pending.done():
+                yield GROUNDED
+            event = await pending
+            pending = None
+            if event is _END:
+                return
+            yield event
+        async for event in events:
+            yield event
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()  # the engine's generator aborts its request in its own finally
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+        await events.aclose()
+
+
+class EntityStream:
+    """The grounded entities of one answer: each as soon as its phrase is final and the grounding result
+    is there (`on_text`, while the answer is written), the rest when the answer is complete (`finish`).
+    Records, per entity, how long after its phrase's last token it went out."""
+
+    def __init__(self, ground_task: asyncio.Task, stream_matcher: EntityMatcher | None, final_matcher: EntityMatcher):
+        self.task = ground_task
+        self.stream_matcher = stream_matcher  # None: every entity waits for the complete answer
+        self.final_matcher = final_matcher
+        self.result: GroundingResult | None = None
+        self.grounding_s = 0.0
+        self.matcher: IncrementalMatcher | None = None
+        self.reached: list[tuple[int, float]] = []  # (answer length, when the text got there)
+        self.sent: list[tuple[int, int, float, int]] = []  # (entity index, start, ms after its phrase, answer length then)
+
+    def _ready(self) -> None:
+        self.result, self.grounding_s = self.task.result()  # raises what the grounding raised
+        self.matcher = IncrementalMatcher(self.stream_matcher or self.final_matcher, [e.label for e in self.result.entities])
+
+    def on_text(self, text: str, delta: str) -> list:
+        """Entities made final by `delta` (the answer so far is `text`)."""
+        self.reached.append((len(text), time.perf_counter()))
+        if self.matcher is not None and all(c.isalnum() for c in delta):
+            return []  # a phrase can only become final where a word ends
+        return self.on_grounded(text)
+
+    def on_grounded(self, text: str) -> list:
+        """Entities of `text` that are final, once the grounding result is there."""
+        if self.stream_matcher is None or not self.task.done():
+            return []
+        if self.matcher is None:
+            self._ready()
+        return self._events(self.matcher.settled(text), len(text))
+
+    async def finish(self, text: str) -> list:
+        if self.matcher is None:
+            await asyncio.wait({self.task})
+            self._ready()
+        labels = [e.label for e in self.result.entities]
+        final = await self.final_matcher.amatch(text, labels)
+        return self._events(self.matcher.finish(text, final), len(text))
+
+    def timings(self, text: str) -> list:
+        """`Done.entity_timings` of the complete answer `text`."""
+        return [bubo_pb2.EntityTiming(index=index, start=start, after_phrase_ms=ms, before_answer_end=written < len(text))
+                for index, start, ms, written in self.sent]
+
+    def _events(self, matches, written: int) -> list:
+        now = time.perf_counter()
+        events = []
+        for match in matches:
+            phrase_done = next((when for length, when in self.reached if length >= match.end), now)
+            self.sent.append((match.entity_index, match.start, (now - phrase_done) * 1e3, written))
+            entity = self.result.entities[match.entity_index]
+            events.append(bubo_pb2.ChatEvent(entity=entity_message(entity, match.phrase, match.start, match.end)))
+        return events
+
+
 @dataclass
 class RpcCall:
     request_id: str
@@ -144,6 +235,7 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
         limits: Limits = Limits(),
         metrics: ServerMetrics | None = None,
         parts: dict[str, Part] | None = None,
+        incremental_entities: bool = True,
     ):
         self.encoders = encoders
         self.engine = engine
@@ -157,6 +249,9 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
         self.active_streams = 0
         self.in_flight = 0  # Chat and Ground RPCs being answered (what a drain waits for)
         self.draining = False
+        # entities go out while the answer is written, each as soon as its phrase is final (rule
+        # matcher); the configured matcher (the LLM's, for bubogpt-7b) adds the rest at the end
+        self.stream_matcher = RuleEntityMatcher() if incremental_entities else None
 
     # -- one way to fail ---------------------------------------------------------------------------
 
@@ -240,26 +335,35 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
                 encode_s = time.perf_counter() - encode_start
 
                 text, finished, first_token_s = "", None, None
+                entities = EntityStream(ground_task, self.stream_matcher, self.matcher) if ground_task else None
                 generate_start = time.perf_counter()
-                async for event in self.engine.generate(turns, modalities, sampling, request_id=request_id):
-                    if isinstance(event, TextDelta):
-                        if first_token_s is None and event.token_ids:
-                            first_token_s = time.perf_counter() - start
-                        if event.text or event.token_ids:
-                            text += event.text
-                            yield bubo_pb2.ChatEvent(delta=bubo_pb2.TextDelta(text=event.text, token_ids=event.token_ids))
-                    else:
-                        finished = event
+                events = self.engine.generate(turns, modalities, sampling, request_id=request_id)
+                if entities is not None and self.stream_matcher is not None:
+                    events = wake_on(ground_task, events)
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        if event is GROUNDED:
+                            for entity_event in entities.on_grounded(text):
+                                yield entity_event
+                        elif isinstance(event, TextDelta):
+                            if first_token_s is None and event.token_ids:
+                                first_token_s = time.perf_counter() - start
+                            if event.text or event.token_ids:
+                                text += event.text
+                                yield bubo_pb2.ChatEvent(delta=bubo_pb2.TextDelta(text=event.text, token_ids=event.token_ids))
+                                if entities is not None:
+                                    for entity_event in entities.on_text(text, event.text):
+                                        yield entity_event
+                        else:
+                            finished = event
                 generation_s = time.perf_counter() - generate_start
 
                 grounding_wait_start = time.perf_counter()
                 grounding_s = 0.0
-                if ground_task is not None:
-                    result, grounding_s = await ground_task
-                    matches = await self.matcher.amatch(text, [e.label for e in result.entities])
-                    for match in matches:
-                        entity = result.entities[match.entity_index]
-                        yield bubo_pb2.ChatEvent(entity=entity_message(entity, match.phrase, match.start, match.end))
+                if entities is not None:
+                    for entity_event in await entities.finish(text):
+                        yield entity_event
+                    grounding_s = entities.grounding_s
                 self.metrics.grounding_tail.observe(time.perf_counter() - grounding_wait_start)
         except TimeoutError:
             if scope.expired():  # asyncio.timeout turns its own expiry into TimeoutError at the `async with`
@@ -284,7 +388,8 @@ class BuboService(bubo_pb2_grpc.BuboServicer):
         self.metrics.tokens.labels("completion").inc(finished.completion_tokens)
         if first_token_s is not None:
             self.metrics.first_token.observe(first_token_s)
-        yield bubo_pb2.ChatEvent(done=bubo_pb2.Done(finish_reason=finished.finish_reason, usage=usage, timings=timings, text=text))
+        yield bubo_pb2.ChatEvent(done=bubo_pb2.Done(finish_reason=finished.finish_reason, usage=usage, timings=timings, text=text,
+                                                    entity_timings=entities.timings(text) if entities is not None else ()))
         log.info(
             "chat done", extra={"request_id": request_id, "session_id": request.session_id, "finish_reason": finished.finish_reason,
                                 "prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens,

@@ -177,7 +177,7 @@ def test_bubo_chat_prints_the_answer_and_writes_an_overlay(stack, reference, tmp
     assert main_chat(f"127.0.0.1:{stack.port}", "What is in the picture?", str(image_path), None, str(out), None, 8, 0.0) == 0
     captured = capsys.readouterr()
     oracle = reference.generate("What is in the picture?", image=IMAGE, max_new_tokens=8)
-    assert captured.out.strip() == oracle.text
+    assert re.sub(r"\[\d+\]", "", captured.out).strip() == oracle.text  # the answer, with a [n] where each entity arrived
     assert "generated tokens" in captured.err and "overlay written to" in captured.err
     assert PILImage.open(out).size[0] == PILImage.open(image_path).size[0]
 
@@ -267,6 +267,42 @@ def test_ground_rejects_a_corrupt_image(stub):
         stub.Ground(bubo_pb2.GroundRequest(image=b"not an image"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith("image:")
+
+
+def test_entities_go_out_while_the_answer_is_written(stub):
+    """Grounding finished before (its result is cached after a first ask): each entity event comes
+    right after its phrase is written, between the deltas, with the span of the final text; the set
+    equals what the complete-answer matcher finds."""
+    from bubogpt.grounding.matching import RuleEntityMatcher
+    from training.world import derive_seed
+    from training.world.scene import make_scene
+
+    question = "Describe the picture in detail."
+    interleaved = 0
+    for i in range(16):
+        image = make_scene(derive_seed("incremental", "image", i)).jpeg()
+        labels = [e.label for e in stub.Ground(bubo_pb2.GroundRequest(image=image), timeout=120).entities]
+        events = list(stub.Chat(chat_request(question, image, ground=True, max_new_tokens=96), timeout=120))
+        kinds = [e.WhichOneof("event") for e in events]
+        result = collect(events)
+        want = RuleEntityMatcher().match(result.text, labels)
+        assert [(e.phrase, e.start, e.end, e.label) for e in sorted(result.entities, key=lambda e: e.start)] == \
+            [(m.phrase, m.start, m.end, m.label) for m in want]
+        written = ""
+        for event in events:  # each entity's phrase was already written, where the final text has it
+            if event.WhichOneof("event") == "delta":
+                written += event.delta.text
+            elif event.WhichOneof("event") == "entity":
+                assert written[event.entity.start : event.entity.end] == result.text[event.entity.start : event.entity.end] == event.entity.phrase
+        timings = result.done.entity_timings
+        assert len(timings) == len(result.entities)
+        last_delta = max(k for k, event in enumerate(events) if event.WhichOneof("event") == "delta" and event.delta.text)
+        early = [k for k, kind in enumerate(kinds) if kind == "entity" and k < last_delta]
+        assert sum(t.before_answer_end for t in timings) == len(early)
+        interleaved += bool(early)
+        if interleaved >= 2:
+            break
+    assert interleaved >= 2, "no answer got an entity event before its last delta"
 
 
 # -- the error table, TLS and the token ---------------------------------------------------------------

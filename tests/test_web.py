@@ -90,6 +90,11 @@ def test_the_page_streams_the_answer_and_draws_the_masks(stack, stub, picture, t
             assert answer == want.text
             entities = page.evaluate("window.bubo.state.entities.map((e) => [e.phrase, e.start, e.end, e.label])")
             assert entities == [[e.phrase, e.start, e.end, e.label] for e in want.entities]
+            # each mask was drawn as soon as its phrase was on the page, not after the whole answer
+            written = page.evaluate("window.bubo.state.entities.map((e) => e.written)")
+            early = [t.before_answer_end for t in want.done.entity_timings]
+            for entity, chars, before_end in zip(want.entities, written, early):
+                assert chars >= entity.end and (chars < len(answer)) == before_end, (entity.phrase, chars, before_end)
             assert page.evaluate(MASK_PIXELS) > 20  # the first mask is drawn, in its colour
             phrases = page.locator("#conversation .phrase")
             assert phrases.count() == len(want.entities) and phrases.first.inner_text() == want.entities[0].phrase

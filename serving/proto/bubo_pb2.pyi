@@ -128,17 +128,31 @@ class Timings(_message.Message):
     total_ms: float
     def __init__(self, queue_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., generation_ms: _Optional[float] = ..., grounding_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
+class EntityTiming(_message.Message):
+    __slots__ = ("index", "start", "after_phrase_ms", "before_answer_end")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    AFTER_PHRASE_MS_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_ANSWER_END_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    start: int
+    after_phrase_ms: float
+    before_answer_end: bool
+    def __init__(self, index: _Optional[int] = ..., start: _Optional[int] = ..., after_phrase_ms: _Optional[float] = ..., before_answer_end: _Optional[bool] = ...) -> None: ...
+
 class Done(_message.Message):
-    __slots__ = ("finish_reason", "usage", "timings", "text")
+    __slots__ = ("finish_reason", "usage", "timings", "text", "entity_timings")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_TIMINGS_FIELD_NUMBER: _ClassVar[int]
     finish_reason: str
     usage: Usage
     timings: Timings
     text: str
-    def __init__(self, finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
+    entity_timings: _containers.RepeatedCompositeFieldContainer[EntityTiming]
+    def __init__(self, finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., text: _Optional[str] = ..., entity_timings: _Optional[_Iterable[_Union[EntityTiming, _Mapping]]] = ...) -> None: ...
 
 class ChatEvent(_message.Message):
     __slots__ = ("delta", "entity", "done")

@@ -50,8 +50,9 @@ class BuboServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Chat(self, request, context):
-        """Streams the answer: text deltas as they are generated, then one event per grounded entity,
-        then a final Done event with the finish reason, token counts and timings.
+        """Streams the answer: text deltas as they are generated, one event per grounded entity as soon as
+        its phrase is written (interleaved with the deltas; the rest after the last delta), then a final
+        Done event with the finish reason, token counts and timings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -105,7 +105,8 @@ function draw() {
 
 function addEntity(raw, answerNode) {
   if (state.entities.some((e) => e.index === raw.index && e.start === raw.start)) return;  // sent once
-  const entity = { ...raw, color: COLORS[state.entities.length % COLORS.length] };
+  // written: how much of the answer had arrived with it (masks are drawn while the answer is written)
+  const entity = { ...raw, color: COLORS[state.entities.length % COLORS.length], written: (answerNode.dataset.text || "").length };
   entity.pixels = raw.mask ? rleDecode(raw.mask) : null;
   state.entities.push(entity);
   markPhrases(answerNode);

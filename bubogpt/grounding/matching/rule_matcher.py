@@ -9,10 +9,12 @@ come from a closed word list (`lexicon.py`); there is no part-of-speech tagger, 
 
 from __future__ import annotations
 
+import bisect
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from bubogpt.grounding.matching.base import EntityMatcher
+from bubogpt.grounding.matching.base import EntityMatcher, Settled
 from bubogpt.grounding.matching.lexicon import (
     COMPOUNDS,
     DEFAULT_HYPONYMS,
@@ -34,6 +36,29 @@ class _Token:
 
 # Match ranks: a lower rank wins when one span could name several entities.
 _EXACT, _SYNONYM, _HYPONYM, _HEAD = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class _Index:
+    keys: dict[str, list[tuple[int, int]]]  # lookup key -> [(rank, entity_index)]
+    max_words: int  # the longest key, in words
+    sorted_keys: list[str]  # for prefix lookups (can more words still complete a key?)
+
+    def has_prefix(self, prefix: str) -> bool:
+        at = bisect.bisect_left(self.sorted_keys, prefix)
+        return at < len(self.sorted_keys) and self.sorted_keys[at].startswith(prefix)
+
+
+def _is_break(answer: str, at: int) -> bool:
+    """Is the character at `at` (outside any word) one no rule joins words across? Everything but
+    spaces; a hyphen at the very end may still become part of a word ("hot-" + "dog")."""
+    char = answer[at]
+    return not char.isspace() and (char != "-" or at + 1 < len(answer))
+
+
+def _complete(answer: str, token: _Token) -> bool:
+    """Can no appended text change this word? Not when it ends the text or a hyphen does."""
+    return token.end < len(answer) and not (answer[token.end] == "-" and token.end + 1 == len(answer))
 
 
 class RuleEntityMatcher(EntityMatcher):
@@ -69,6 +94,8 @@ class RuleEntityMatcher(EntityMatcher):
         self._hyponyms: dict[str, set[str]] = {}
         for hypernym in table:
             self._hyponyms[self._lemma_key(hypernym)] = self._closure(hypernym, table)
+        # the indexes of recent label lists: a streamed answer is matched again at every word
+        self._indexes: OrderedDict[tuple[str, ...], _Index] = OrderedDict()
 
     @staticmethod
     def _lemma_key(lemma: str) -> str:
@@ -88,6 +115,18 @@ class RuleEntityMatcher(EntityMatcher):
         return seen
 
     # -- index of the entities of one call ----------------------------------------------------
+
+    def _index(self, entities: Sequence[str]) -> _Index:
+        key = tuple(entities)
+        index = self._indexes.get(key)
+        if index is None:
+            keys, max_words = self._build_index(entities)
+            index = self._indexes[key] = _Index(keys, max_words, sorted(keys))
+            if len(self._indexes) > 256:
+                self._indexes.popitem(last=False)
+        else:
+            self._indexes.move_to_end(key)
+        return index
 
     def _build_index(self, entities: Sequence[str]) -> tuple[dict[str, list[tuple[int, int]]], int]:
         """key -> [(rank, entity_index)], and the longest key in words."""
@@ -127,10 +166,66 @@ class RuleEntityMatcher(EntityMatcher):
     def match(self, answer: str, entities: Sequence[str]) -> list[EntityMatch]:
         if not answer or not entities:
             return []
-        index, max_words = self._build_index(entities)
-        if not index:
-            return []
+        index = self._index(entities)
         tokens = [_Token(m.start(), m.end(), m.group().lower()) for m in WORD_RE.finditer(answer)]
+        return [match for match, _ in self._scan(answer, entities, index, tokens)]
+
+    def settled(self, answer: str, entities: Sequence[str], start: int = 0) -> Settled:
+        """The matches of `answer[start:]` (an answer still being written) that no appended text can
+        change. A match is settled when, after it,
+          - a break follows (any separator but spaces: "dog,", "dog.", "dog's"; no rule joins words
+            across one), or
+          - the first complete word after it can neither continue a phrase that reaches it, nor start
+            a phrase (a modifier or the first word of a key), so it cannot merge with what comes next
+            ("dogs and", "dog on"), or
+          - enough complete words follow that nothing later is within reach of any rule.
+        `start` must be 0 or a `resume` from an earlier call on a prefix of this answer."""
+        if not answer or not entities:
+            return Settled([], start)
+        index = self._index(entities)
+        tokens = [_Token(m.start(), m.end(), m.group().lower()) for m in WORD_RE.finditer(answer, start)]
+        breaks_after = [False] * len(tokens)  # a break between token i and the next word (or the end)
+        resume = start
+        for i, token in enumerate(tokens):
+            gap_end = tokens[i + 1].start if i + 1 < len(tokens) else len(answer)
+            breaks_after[i] = any(_is_break(answer, at) for at in range(token.end, gap_end))
+            if breaks_after[i]:
+                resume = token.end  # text before a break can no longer change any match
+        for i in range(len(breaks_after) - 2, -1, -1):
+            breaks_after[i] = breaks_after[i] or breaks_after[i + 1]  # now: a break somewhere after i
+        # modifiers, then a hit, then the rest of its phrase and the word deciding a compound
+        reach = MAX_MODIFIERS + index.max_words + 2
+        out = []
+        for match, last in self._scan(answer, entities, index, tokens):
+            if breaks_after[last]:
+                out.append(match)
+                continue
+            after = [t for t in tokens[last + 1 : last + 1 + reach] if _complete(answer, t)]
+            if len(after) >= reach or (after and self._cannot_join(tokens, last, index)):
+                out.append(match)
+        return Settled(out, resume)
+
+    def _cannot_join(self, tokens: Sequence[_Token], last: int, index: _Index) -> bool:
+        """Can word `last + 1` neither continue a phrase ending at `last` nor start one?"""
+        word = tokens[last + 1].word
+        if is_modifier(word):
+            return False
+        # (as the last word of a key it is matched already: the text so far holds it whole)
+        word = squash(word)
+        if index.has_prefix(word):
+            return False  # it may start a phrase, which would merge with this one if it names the same
+        prefix = ""
+        # the phrases that end at `last` and that word `last + 1` could continue
+        for j in range(last, max(-1, last - index.max_words - 1), -1):
+            prefix = squash(tokens[j].word) + prefix
+            if index.has_prefix(prefix + word):
+                return False
+        return True
+    def _scan(
+        self, answer: str, entities: Sequence[str], lookup: _Index, tokens: Sequence[_Token]
+    ) -> list[tuple[EntityMatch, int]]:
+        """Matches over `tokens`, each with the index of its last token."""
+        index, max_words = lookup.keys, lookup.max_words
         # joined[i]: token i and i + 1 are separated by whitespace only, so they can be one phrase.
         joined = [
             tokens[i].end < tokens[i + 1].start and answer[tokens[i].end : tokens[i + 1].start].isspace()
@@ -189,7 +284,7 @@ class RuleEntityMatcher(EntityMatcher):
         out = []
         for first, last, entity, _ in merged:
             start, end = tokens[first].start, tokens[last - 1].end
-            out.append(EntityMatch(answer[start:end], start, end, entity, entities[entity]))
+            out.append((EntityMatch(answer[start:end], start, end, entity, entities[entity]), last - 1))
         return out
 
     @staticmethod
