@@ -124,8 +124,11 @@ class Finished:
 @dataclass
 class PreparedPrompt:
     layout: PromptLayout
-    embeds: torch.Tensor  # [seq, hidden], float32
+    rows: list[torch.Tensor]  # each modality slot's embeddings, in prompt order, float32
     max_new_tokens: int
+    # the whole prompt as embeddings [seq, hidden] (token rows from the LLM's table, the slots spliced
+    # in), for the engines and routes that take embeddings; None for those that take token ids
+    embeds: torch.Tensor | None = None
 
 
 class EmbeddingTable:
@@ -149,6 +152,10 @@ class EmbeddingTable:
 class EngineBase:
     """Prompt building and validation, shared by every engine."""
 
+    # Does the engine take the prompt as embeddings? Then the frontend holds the LLM's embedding table
+    # (Vicuna-7B: 32000 x 4096 floats, 0.5 GB); engines fed token ids never load it.
+    takes_prompt_embeddings = True
+
     def __init__(self, llm_dir: str | Path, num_query_tokens: int = 32):
         from transformers import AutoConfig
 
@@ -157,7 +164,13 @@ class EngineBase:
         self.llm_cfg = llm_config_from_hf(AutoConfig.from_pretrained(str(self.llm_dir)))
         self.num_query_tokens = num_query_tokens
         self.context = self.llm_cfg.max_position_embeddings
-        self.embed_table = EmbeddingTable(self.llm_dir)
+        self._embed_table: EmbeddingTable | None = None
+
+    @property
+    def embed_table(self) -> EmbeddingTable:
+        if self._embed_table is None:
+            self._embed_table = EmbeddingTable(self.llm_dir)
+        return self._embed_table
 
     def prepare(
         self, turns: Sequence[Turn], modalities: Sequence[ModalityEmbeds], sampling: SamplingOptions
@@ -186,9 +199,10 @@ class EngineBase:
             raise InvalidArgument(
                 f"turns: the prompt takes {len(layout)} positions, the model's context is {self.context}"
             )
-        embeds = splice_embeddings(layout, [m.embeds.float() for m in modalities], self.embed_table)
+        rows = [m.embeds.float() for m in modalities]
+        embeds = splice_embeddings(layout, rows, self.embed_table) if self.takes_prompt_embeddings else None
         max_new = min(sampling.max_new_tokens, self.context - len(layout))
-        return PreparedPrompt(layout=layout, embeds=embeds, max_new_tokens=max_new)
+        return PreparedPrompt(layout=layout, rows=rows, max_new_tokens=max_new, embeds=embeds)
 
     async def start(self) -> None:  # pragma: no cover - overridden
         pass
@@ -224,6 +238,7 @@ class VLLMEngine(EngineBase):
         if route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
         self.route = route
+        self.takes_prompt_embeddings = route != "mm"  # mm: token ids + the slots' rows
         self.dtype = dtype
         self.kv_cache_gib = kv_cache_gib
         self.max_num_seqs = max_num_seqs
@@ -340,8 +355,7 @@ class VLLMEngine(EngineBase):
         if self.route == "mm":
             from serving.vllm_plugin import mm_engine_prompt
 
-            rows = [prepared.embeds[start : start + length] for start, length in prepared.layout.slots]
-            return mm_engine_prompt(prepared.layout, rows, self.placeholder_id)
+            return mm_engine_prompt(prepared.layout, prepared.rows, self.placeholder_id)
         return {
             "prompt_embeds": prepared.embeds,
             "prompt_token_ids": prepared.layout.token_ids,
@@ -512,44 +526,83 @@ class StopStringStream:
     a run of byte-fallback tokens (`<0xNN>`), which decodes as one UTF-8 sequence and turns into
     replacement characters as a whole if it ends up invalid. Both are held back until they are
     settled, so the concatenated deltas always equal the final text.
+
+    Cost per token does not grow with the answer: each push decodes a window of the last few tokens
+    (the text of the newest ones is the window's decode minus the decode of its older part, as in
+    vLLM's incremental detokenizer: the older tokens give the newest their context, e.g. a leading
+    space), and looks for stop strings only where a new one can begin.
     """
+
+    CONTEXT = 4  # tokens before the new ones that are decoded with them
 
     def __init__(self, tokenizer, stops: tuple[str, ...] = (STOP_STRING,)):
         self.tokenizer = tokenizer
         self.stops = stops
         self.token_ids: list[int] = []
-        self.text = ""  # emitted so far
         self.byte_tokens = byte_fallback_ids(tokenizer)
+        self._decoded = ""  # the decode of token_ids[:self._read] (the settled tokens)
+        self._read = 0
+        self._emitted = 0  # characters of _decoded sent as deltas
+        self._searched = 0  # characters of _decoded searched for stop strings
+        self._stopped = False
+        self._longest_stop = max(len(stop) for stop in stops)
+
+    @property
+    def text(self) -> str:
+        """Everything emitted so far (the concatenated deltas)."""
+        return self._decoded[: self._emitted]
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def _settle(self, upto: int) -> None:
+        """Decodes token_ids[_read:upto] onto _decoded."""
+        if upto <= self._read:
+            return
+        start = max(0, self._read - self.CONTEXT)
+        context = self._decode(self.token_ids[start : self._read])
+        window = self._decode(self.token_ids[start:upto])
+        if window.startswith(context):
+            self._decoded += window[len(context) :]
+        else:
+            # the new tokens changed how their context decodes (seen only on nonsense id sequences):
+            # decode it all, keeping what was emitted
+            full, emitted = self._decode(self.token_ids[:upto]), self.text
+            self._decoded = full if full.startswith(emitted) else emitted + full[len(emitted) :]
+            self._searched = min(self._searched, self._emitted)
+        self._read = upto
+
     def push(self, token_id: int) -> tuple[str, bool]:
         self.token_ids.append(token_id)
-        full = self._decode(self.token_ids)
-        cut, stopped = truncate_at_stop(full, self.stops)
-        if stopped:
-            delta = cut[len(self.text) :] if cut.startswith(self.text) else ""
-            self.text = cut if cut.startswith(self.text) else self.text
-            return delta, True
         settled = len(self.token_ids)
-        while settled and self.token_ids[settled - 1] in self.byte_tokens:
-            settled -= 1
-        safe_text = full if settled == len(self.token_ids) else self._decode(self.token_ids[:settled])
-        held = max((k for stop in self.stops for k in range(len(stop) - 1, 0, -1) if full.endswith(stop[:k])), default=0)
-        if held:
-            safe_text = safe_text[: min(len(safe_text), len(full) - held)]
-        if len(safe_text) <= len(self.text) or not safe_text.startswith(self.text):
-            return "", False
-        delta = safe_text[len(self.text) :]
-        self.text = safe_text
-        return delta, False
+        while settled > self._read and self.token_ids[settled - 1] in self.byte_tokens:
+            settled -= 1  # a byte-fallback run: its text is known once a token that is not a byte follows
+        self._settle(settled)
+        return self._emit(final=False)
+
+    def _emit(self, final: bool) -> tuple[str, bool]:
+        if self._stopped:
+            return "", True
+        decoded = self._decoded
+        # a stop string can only begin where the last search could not see all of it
+        begin = max(self._emitted, self._searched - self._longest_stop + 1)
+        cut, self._stopped = truncate_at_stop(decoded[begin:], self.stops)
+        if self._stopped:
+            end = begin + len(cut)
+        else:
+            self._searched = len(decoded)
+            held = 0 if final else max((k for stop in self.stops for k in range(len(stop) - 1, 0, -1)
+                                        if decoded.endswith(stop[:k])), default=0)
+            end = len(decoded) - held
+        if end <= self._emitted:
+            return "", self._stopped
+        delta = decoded[self._emitted : end]
+        self._emitted = end
+        return delta, self._stopped
 
     def flush(self) -> str:
-        final, _ = truncate_at_stop(self._decode(self.token_ids), self.stops)
-        delta = final[len(self.text) :] if final.startswith(self.text) else ""
-        self.text = final if final.startswith(self.text) else self.text
-        return delta
+        self._settle(len(self.token_ids))
+        return self._emit(final=True)[0]
 
 
 def byte_fallback_ids(tokenizer) -> frozenset[int]:

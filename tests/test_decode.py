@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bubogpt.decode import decode_tokens, sample_token
 from bubogpt.defaults import default_model_dir
-from bubogpt.prompt import STOP_STRING
+from bubogpt.prompt import STOP_STRING, truncate_at_stop
 from bubogpt.tokenizer import load_tokenizer
 from serving.llm_engine import StopStringStream
 
@@ -112,3 +114,45 @@ def test_the_callers_stop_strings_cut_the_answer_too(tokenizer):
     stream = StopStringStream(tokenizer, stops=(STOP_STRING, "ball"))
     deltas, stopped = push_all(stream, ids)
     assert stopped and "".join(deltas) == stream.text == "There is a red "
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(text=st.text(alphabet="abcdefghij klm.,#!?'-\néü日本語🙂", min_size=1, max_size=80),
+       stops=st.sampled_from([(STOP_STRING,), (STOP_STRING, "ab"), (STOP_STRING, "#!", "日本")]))
+def test_the_stream_is_the_decode_cut_at_the_first_stop(tokenizer, text, stops):
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    stream = StopStringStream(tokenizer, stops)
+    deltas, stopped = push_all(stream, ids)
+    if not stopped:
+        deltas.append(stream.flush())
+    want, _ = truncate_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stops)
+    assert "".join(deltas) == stream.text == want
+    for end in range(1, len(deltas)):  # what was emitted is never text a stop string begins in
+        assert not any(stop in "".join(deltas[:end]) for stop in stops)
+
+
+class CountingTokenizer:
+    """The tokenizer, counting the token ids it is asked to decode."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.decoded = tokenizer, 0
+
+    def decode(self, ids, **kwargs):
+        self.decoded += len(ids)
+        return self.tokenizer.decode(ids, **kwargs)
+
+    def get_vocab(self):
+        return self.tokenizer.get_vocab()
+
+
+def test_the_stream_decodes_a_bounded_window_per_token(tokenizer):
+    """Per token, the work does not grow with the answer: a 4x longer answer decodes ~4x the ids."""
+    ids = tokenizer.encode("There is a red ball on the left, two small dogs near the water. " * 40, add_special_tokens=False)
+    work = {}
+    for n in (100, 400):
+        counting = CountingTokenizer(tokenizer)
+        stream = StopStringStream(counting)
+        push_all(stream, ids[:n])
+        assert stream.text == tokenizer.decode(ids[:n], skip_special_tokens=True)[: len(stream.text)]
+        work[n] = counting.decoded / n
+    assert work[400] <= work[100] * 1.1 and work[100] <= 2 * (StopStringStream.CONTEXT + 2)

@@ -213,3 +213,24 @@ def test_llm_entity_matcher_runs_on_the_served_llm(loop, engine, reference):
     # the untrained nano LLM cannot follow the prompt: the strict parser rejects its reply and the
     # deterministic matcher answers instead
     assert got == RuleEntityMatcher().match(answer, entities)
+
+
+def test_the_mm_route_never_loads_the_embedding_table(reference):
+    """The mm route sends token ids and the slots' rows: the frontend holds no copy of the LLM's
+    embedding table. What it sends is what the embeds route splices, row for row."""
+    from serving.vllm_plugin import MM_MODALITY
+
+    mm, embeds = VLLMEngine(default_model_dir() / "llm"), VLLMEngine(default_model_dir() / "llm", route="embeds")
+    turns = [Turn("user", "What do you see and hear?")]
+    modalities = modalities_for(reference, **CASES["image+audio"])
+    sent, spliced = mm.prepare(turns, modalities, GREEDY), embeds.prepare(turns, modalities, GREEDY)
+    assert sent.embeds is None and mm._embed_table is None
+    prompt = mm.engine_prompt(sent)
+    items = prompt["multi_modal_data"][MM_MODALITY]
+    assert len(items) == len(sent.layout.slots) == 2
+    table = embeds.embed_table.weight
+    for k, (start, length) in enumerate(sent.layout.slots):
+        assert torch.equal(items[k], spliced.embeds[start : start + length])
+        prompt["prompt_token_ids"][start : start + length] = sent.layout.token_ids[start : start + length]
+    text_rows = [i for i, is_text in enumerate(sent.layout.is_text) if is_text]
+    assert torch.equal(spliced.embeds[text_rows], table[torch.tensor(prompt["prompt_token_ids"])[text_rows]])

@@ -305,6 +305,24 @@ def test_entities_go_out_while_the_answer_is_written(stub):
     assert interleaved >= 2, "no answer got an entity event before its last delta"
 
 
+def test_the_phrase_to_mask_benchmark_reads_what_the_server_sent(loop, stack):
+    """`bubo bench --suite entities`, one short pass: the client's and the server's account agree."""
+    from benchmarks.entity_stream import EntitySettings, markdown, pictures, run_pass, summarize
+
+    images = pictures(EntitySettings(images=2))
+    for _ in range(2):  # the second pass finds the grounding cached: entities go out as phrases are written
+        answers, wall = loop.run(run_pass(f"127.0.0.1:{stack.port}", images, 1, 64), timeout=300)
+    summary = summarize(answers, wall)
+    assert summary["entities"] == sum(len(a.entities) for a in answers) == sum(len(a.server_ms) for a in answers)
+    assert summary["before_answer_end"] == sum(b for a in answers for b in a.before_end)
+    for answer in answers:
+        for (start, end, _), client_ms, server_ms in zip(answer.entities, answer.client_ms, answer.server_ms):
+            assert 0 <= server_ms and 0 <= client_ms and end <= len(answer.text)
+    result = {"settings": {"images": 2, "max_new_tokens": 64}, "same": {"answers": 2, "same_text": 2, "same_entities_where_same_text": 2},
+              "servers": {name: {"passes": {"grounded": summary}} for name in ("incremental", "after the answer")}}
+    assert "| incremental | grounded |" in markdown(result)
+
+
 # -- the error table, TLS and the token ---------------------------------------------------------------
 
 
