@@ -14,6 +14,7 @@ import hashlib
 import logging
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +114,7 @@ class Stack:
         self.parts: dict = {}
         self.hurry = asyncio.Event()  # set: stop without waiting for in-flight streams
         self.port: int | None = None
+        self.startup_s: dict[str, float] = {}  # what the start took, part by part (the banner says it)
 
     async def start(self) -> "Stack":
         from bubogpt.weights import llm_dir, read_config
@@ -139,14 +141,23 @@ class Stack:
             if not (options.tls_cert and options.tls_key):
                 raise SystemExit("TLS needs both --tls-cert and --tls-key")
             tls = (Path(options.tls_cert).read_bytes(), Path(options.tls_key).read_bytes())
+        started = time.perf_counter()
         repository = await asyncio.to_thread(ensure_repository, model_dir, options)
+        self.startup_s = {"repository": time.perf_counter() - started}
         engine_kwargs = {"kv_cache_gib": options.kv_cache_gib} if options.llm_engine == "vllm" else {}
         self.engine = create_engine(options.llm_engine, llm_dir(model_dir), cfg.vision_qformer.num_queries, **engine_kwargs)
         if isinstance(self.engine, VLLMEngine) and options.supervise:
             self.engine.restart_on_failure = False  # the supervisor restarts it, with backoff
         try:
             # Triton and the LLM engine start in parallel: both take seconds
-            await asyncio.gather(asyncio.to_thread(self._start_triton, repository), self.engine.start())
+            async def timed(name: str, work) -> None:
+                begin = time.perf_counter()
+                await work
+                self.startup_s[name] = time.perf_counter() - begin
+
+            await asyncio.gather(timed("Triton", asyncio.to_thread(self._start_triton, repository)),
+                                 timed("LLM engine", self.engine.start()))
+            frontend_start = time.perf_counter()
             metrics = ServerMetrics()
             self.parts = {"triton": triton_part(), "llm": Part("llm", "the LLM engine")}
             self.triton_client = TritonClient(self.triton.url_grpc, part=self.parts["triton"])
@@ -175,6 +186,8 @@ class Stack:
                     watched.append(EngineWatch(self.engine, self.parts["llm"]))
                 self.supervisor = Supervisor(watched, metrics=metrics, on_change=self.server.health.refresh)
                 self.supervisor.start()
+            self.startup_s["frontend"] = time.perf_counter() - frontend_start
+            self.startup_s["total"] = time.perf_counter() - started
         except BaseException:
             await self.stop(grace_s=0)
             raise
@@ -232,7 +245,15 @@ class Stack:
             + (f"\n  metrics: http://{o.host}:{o.metrics_port}/metrics" if o.metrics_port else "")
             + ("\n  grounding: on" if self.service.grounder else "\n  grounding: off (no grounding models in the repository)")
             + ("\n  supervision: Triton and the LLM engine are restarted when they fail" if self.supervisor else "")
+            + self._startup_line()
         )
+
+    def _startup_line(self) -> str:
+        times = self.startup_s
+        if "total" not in times:
+            return ""
+        parts = ", ".join(f"{name} {times[name]:.1f} s" for name in ("repository", "Triton", "LLM engine", "frontend"))
+        return f"\n  ready in {times['total']:.1f} s: {parts} (Triton and the LLM engine start in parallel)"
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drains the frontend (up to `grace_s`, default the options' drain grace), then stops the parts."""

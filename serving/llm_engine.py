@@ -267,6 +267,10 @@ class VLLMEngine(EngineBase):
             model=str(self.llm_dir),
             tokenizer=str(self.llm_dir),
             dtype=dtype,
+            # On CPU, torch.compile costs ~9 s of every start and buys no throughput at c=16 (1618 vs
+            # 1614 tok/s on nano, 2 cores; c=1 205 vs 224 tok/s; benchmarks/README.md, "Start-up"). On
+            # GPUs compiled graphs and CUDA graphs are kept: there they pay.
+            enforce_eager=not torch.cuda.is_available(),
             max_model_len=self.context,
             enable_prefix_caching=self.enable_prefix_caching,
             max_num_seqs=self.max_num_seqs,
