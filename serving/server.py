@@ -130,18 +130,21 @@ async def wake_on(task: asyncio.Task, events: AsyncIterator):
     """`events`, with `GROUNDED` yielded between them the moment `task` ends (when it ends first), so
     the entities already written go out then, not with the next token. Closing this closes `events`
     (the engine's generator aborts its request there)."""
-    pending = None
+    pending, marked = None, False
     try:
         while not task.done():
             pending = asyncio.ensure_future(anext(events, _END))
             await asyncio.wait({pending, task}, return_when=asyncio.FIRST_COMPLETED)
             if not pending.done():
+                marked = True
                 yield GROUNDED
             event = await pending
             pending = None
             if event is _END:
                 return
             yield event
+        if not marked:
+            yield GROUNDED  # it landed while the consumer was busy with the last event
         async for event in events:
             yield event
     finally:
