@@ -310,6 +310,7 @@ class Soak:
         self.settings = settings
         self.t0 = time.monotonic()
         self.health: list[tuple[float, str, float]] = []  # (t, status of "", answer latency)
+        self.part_samples: dict[str, list[tuple[float, bool]]] = {"triton": [], "llm": []}  # (t, serving)
         self.faults: list[FaultRecord] = []
         self.outcomes: list[Outcome] = []
 
@@ -328,6 +329,12 @@ class Soak:
             except grpc.aio.AioRpcError as exc:
                 status = f"NO_ANSWER ({exc.code().name})"
             self.health.append((start, status, self.clock() - start))
+            for part, samples in self.part_samples.items():
+                try:
+                    response = await stub.Check(health_pb2.HealthCheckRequest(service=part), timeout=2.0)
+                    samples.append((self.clock(), response.status == health_pb2.HealthCheckResponse.SERVING))
+                except grpc.aio.AioRpcError:
+                    samples.append((self.clock(), False))
             await asyncio.sleep(0.2)
 
     async def part_health(self, channel, part: str, timeout_s: float = 300.0) -> None:
@@ -446,11 +453,29 @@ class Soak:
         self.outcomes.sort(key=lambda o: o.index)
 
     def windows(self) -> list[tuple[str, float, float]]:
-        """(part, from, to) of each outage, with a second of slack on either side."""
+        """(part, from, to) of each injected outage, with a second of slack on either side."""
         out = []
         for r in self.faults:
             end = r.recovered_s if r.recovered_s is not None else (r.detected_s or r.end_s) + 5.0
             out.append((r.part, r.at_s - 1.0, max(end, r.end_s) + 1.0))
+        return out
+
+    def unplanned_outages(self) -> list[dict]:
+        """Outages nobody injected, as the server's own health reported them: a part NOT_SERVING outside
+        every injected window of that part (e.g. Triton's python backend declaring a stub unhealthy
+        on starved cores, then crashing). `to_s` is None if it never came back."""
+        injected = self.windows()
+        out = []
+        for part, samples in self.part_samples.items():
+            down_since = None
+            for t, serving in samples + [(math.inf, True)]:
+                if not serving and down_since is None:
+                    down_since = t
+                elif serving and down_since is not None:
+                    back = None if t == math.inf else t
+                    if not any(p == part and down_since <= end and (back or math.inf) >= start for p, start, end in injected):
+                        out.append({"part": part, "from_s": round(down_since, 2), "to_s": None if back is None else round(back, 2)})
+                    down_since = None
         return out
 
 
@@ -525,8 +550,10 @@ def account(plan: list[Planned], outcomes: list[Outcome], windows, expected: dic
             "unknown": statuses.get("UNKNOWN", 0), "unaffected_during_outage": unaffected}
 
 
-async def expected_answers(server, plan: list[Planned], concurrency: int) -> dict:
-    """Each distinct fault-free request once, before any fault: the answers OK requests must repeat."""
+async def expected_answers(server, plan: list[Planned], concurrency: int, retried: list | None = None) -> dict:
+    """Each distinct fault-free request once, before any fault: the answers OK requests must repeat.
+    A request that meets an outage nobody injected (UNAVAILABLE, the part named) is sent again once the
+    server is SERVING, as a client behind a router would; `retried` collects those."""
     from serving.proto import bubo_pb2_grpc
 
     firsts = {}
@@ -541,8 +568,14 @@ async def expected_answers(server, plan: list[Planned], concurrency: int) -> dic
         semaphore = asyncio.Semaphore(concurrency)
 
         async def one(item):
-            async with semaphore:
-                outcome = await run_one(stub, item, time.monotonic)
+            for attempt in range(3):
+                async with semaphore:
+                    outcome = await run_one(stub, item, time.monotonic)
+                if outcome.status != "UNAVAILABLE" or attempt == 2:
+                    break
+                if retried is not None:
+                    retried.append({"index": item.index, "kind": item.kind, "details": outcome.details[:200]})
+                await asyncio.to_thread(server.wait_health, "SERVING", "", 300.0)
             if outcome.status != "OK":
                 raise RuntimeError(f"warm-up request {item.index} ({item.kind}) failed: {outcome.status} {outcome.details}")
             answers[item.content] = (outcome.token_ids, outcome.entities)
@@ -556,12 +589,17 @@ def run_soak(server, settings: SoakSettings) -> dict:
     images, sounds = media_pool(settings)
     plan = build_plan(settings, images, sounds)
     started = time.monotonic()
-    expected = asyncio.run(expected_answers(server, plan, settings.concurrency))
+    warmup_retries: list[dict] = []
+    expected = asyncio.run(expected_answers(server, plan, settings.concurrency, warmup_retries))
     warm = server.resources()
     soak = Soak(server, settings)
     asyncio.run(soak.run(plan))
     end = server.resources()
-    accounting = account(plan, soak.outcomes, soak.windows(), expected)
+    unplanned = soak.unplanned_outages()
+    # a request that ended up to 2 s before an unplanned outage was seen may have met its start
+    windows = soak.windows() + [(u["part"], u["from_s"] - 2.0, (u["to_s"] if u["to_s"] is not None else math.inf) + 1.0)
+                                for u in unplanned]
+    accounting = account(plan, soak.outcomes, windows, expected)
     durations = [o.end_s - o.start_s for o in soak.outcomes if o.status == "OK"]
     health_latency = [latency for _, _, latency in soak.health]
     return {
@@ -571,6 +609,8 @@ def run_soak(server, settings: SoakSettings) -> dict:
         "distinct_requests_warmed": len(expected),
         "accounting": accounting,
         "unaffected_during_outage": accounting["unaffected_during_outage"],
+        "unplanned_outages": unplanned,
+        "warmup_retries": warmup_retries,  # warm-up requests that met an outage nobody injected
         "faults": [dict(asdict(r), recovery_s=None if r.recovered_s is None else round(r.recovered_s - r.end_s, 2),
                         detection_s=None if r.detected_s is None else round(r.detected_s - r.at_s, 2)) for r in soak.faults],
         "health": {"checks": len(soak.health), "not_answered": sum(1 for _, s, _ in soak.health if s.startswith("NO_ANSWER")),
@@ -604,6 +644,13 @@ def soak_markdown(result: dict) -> str:
               "| part fault | pid | detected after | recovered after (s) |", "| --- | ---: | ---: | ---: |"]
     for f in result["faults"]:
         lines.append(f"| {f['name']} | {f['pid']} | {f['detection_s']} s | {f['recovery_s']} |")
+    unplanned = result.get("unplanned_outages", [])
+    if result.get("warmup_retries"):
+        lines += ["", f"Warm-up requests sent again after an outage nobody injected: {len(result['warmup_retries'])} "
+                      f"({result['warmup_retries'][0]['details']})."]
+    lines += ["", "Outages nobody injected (the server's health said NOT_SERVING): " + (", ".join(
+        f"{u['part']} {u['from_s']:.1f}-{u['to_s']:.1f} s" if u["to_s"] is not None else f"{u['part']} from {u['from_s']:.1f} s, never back"
+        for u in unplanned) or "none") + "."]
     h, r = result["health"], result["resources"]
     lines += ["", f"Health checks during the soak: {h['checks']}, unanswered {h['not_answered']}, "
                   f"p99 {h['p99_latency_ms']} ms, max {h['max_latency_ms']} ms.", "",

@@ -312,9 +312,17 @@ def test_soak_with_a_kill_of_each_part_accounts_for_every_request(served, tmp_pa
     assert r["rss_growth"] <= 0.10 and r["fd_growth"] <= 0.10, r
     assert r["end"]["processes"] == r["after_warmup"]["processes"]
     assert r["end"]["triton_shm_regions"] <= r["after_warmup"]["triton_shm_regions"]
+    # An outage nobody injected (seen: Triton's python backend, on two starved cores, declaring a stub
+    # unhealthy and then crashing) is the service's bad day too: requests overlapping it may be
+    # UNAVAILABLE with the part named, health must say so, and the part must come back.
+    unplanned = result["unplanned_outages"]
+    assert all(u["to_s"] is not None for u in unplanned), unplanned
     text = served.metrics()
-    assert metric(text, "bubo_part_restarts_total", part="triton") == 1
-    assert metric(text, "bubo_part_restarts_total", part="llm") == 1
+    unplanned_restarts = len(result["warmup_retries"]) > 0  # an outage during the warm-up, before the soak's clock
+    for part in ("triton", "llm"):
+        restarts = metric(text, "bubo_part_restarts_total", part=part)
+        most = 1 + sum(u["part"] == part for u in unplanned) + (2 if unplanned_restarts else 0)
+        assert 1 <= restarts <= most, (part, restarts, unplanned, result["warmup_retries"][:3])
     log = served.log_tail(100000)
     assert "restarting Triton" in log and "restarting the LLM engine" in log
 
