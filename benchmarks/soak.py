@@ -413,11 +413,13 @@ class Soak:
             down: dict[str, asyncio.Task] = {}  # part -> the task that waits for it to come back
 
             async def back_up(part: str) -> None:
-                await asyncio.sleep(1.0)  # back off: the supervisor may not have seen the failure yet
-                await self.part_health(channel, part)
-                del down[part]
-                queue.extend(reversed(deferred))  # held-back requests go first
-                deferred.clear()
+                try:
+                    await asyncio.sleep(1.0)  # back off: the supervisor may not have seen the failure yet
+                    await self.part_health(channel, part)
+                finally:  # whatever happens here, the held-back requests are not left waiting forever
+                    del down[part]
+                    queue.extend(reversed(deferred))  # held-back requests go first
+                    deferred.clear()
 
             async def client() -> None:
                 # as a client behind a router would: a request that needs a part known to be down waits
