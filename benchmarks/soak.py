@@ -475,7 +475,9 @@ class Soak:
                     down_since = t
                 elif serving and down_since is not None:
                     back = None if t == math.inf else t
-                    if not any(p == part and down_since <= end and (back or math.inf) >= start for p, start, end in injected):
+                    # injected: it began inside an injected fault's window of that part (an outage that
+                    # began before one and ran into it was nobody's doing)
+                    if not any(p == part and start <= down_since <= end for p, start, end in injected):
                         out.append({"part": part, "from_s": round(down_since, 2), "to_s": None if back is None else round(back, 2)})
                     down_since = None
         return out
@@ -612,6 +614,7 @@ def run_soak(server, settings: SoakSettings) -> dict:
         "accounting": accounting,
         "unaffected_during_outage": accounting["unaffected_during_outage"],
         "unplanned_outages": unplanned,
+        "part_health": {part: [[round(t, 2), serving] for t, serving in samples] for part, samples in soak.part_samples.items()},
         "warmup_retries": warmup_retries,  # warm-up requests that met an outage nobody injected
         "faults": [dict(asdict(r), recovery_s=None if r.recovered_s is None else round(r.recovered_s - r.end_s, 2),
                         detection_s=None if r.detected_s is None else round(r.detected_s - r.at_s, 2)) for r in soak.faults],

@@ -25,7 +25,6 @@ from pathlib import Path
 from export.triton_install import triton_home
 
 log = logging.getLogger(__name__)
-SHM_POOL_BYTES = 64 << 20  # per python-backend model instance (see `command`)
 _instances = itertools.count()
 
 
@@ -78,12 +77,6 @@ class TritonServer:
             f"--metrics-address={self.host}",
             f"--model-control-mode={self.model_control_mode}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
-            # Each python-backend model's shared-memory pool starts big enough for our largest batches
-            # (pictures, SAM features, masks) and grows in big steps: under load on a small machine
-            # its growth from the 1 MiB default went with stub crashes (SIGBUS, corrupt sizes, SIGSEGV in
-            # the stub). tmpfs pages are only used when touched.
-            f"--backend-config=python,shm-default-byte-size={SHM_POOL_BYTES}",
-            f"--backend-config=python,shm-growth-byte-size={SHM_POOL_BYTES}",
             "--log-verbose=0",
         ]
         if self.poll_secs > 0:

@@ -20,11 +20,6 @@ class TritonPythonModel:
             settings = json.load(handle)
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(settings.get("intra_op_threads", 0))
-        # ONNX Runtime's pool threads spin after each run by default. With a dozen models sharing a few
-        # cores (and vLLM beside them) the spinning starves the rest, Triton's own stub health checks
-        # included (a stub must answer within 1 s or Triton declares it unhealthy): park them instead.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         if args.get("model_instance_kind") != "GPU":
             providers = ["CPUExecutionProvider"]
