@@ -193,8 +193,7 @@ class EntityStream:
         if self.matcher is None:
             await asyncio.wait({self.task})
             self._ready()
-        labels = [e.label for e in self.result.entities]
-        final = await self.final_matcher.amatch(text, labels)
+        final = await self.final_matcher.amatch(text, self.matcher.labels)
         return self._events(self.matcher.finish(text, final), len(text))
 
     def timings(self, text: str) -> list:

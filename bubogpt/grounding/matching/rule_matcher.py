@@ -49,6 +49,11 @@ class _Index:
         return at < len(self.sorted_keys) and self.sorted_keys[at].startswith(prefix)
 
 
+def _tokens(answer: str, start: int = 0) -> list[_Token]:
+    """The words of `answer[start:]`, lower-cased, with their offsets in `answer`."""
+    return [_Token(m.start(), m.end(), m.group().lower()) for m in WORD_RE.finditer(answer, start)]
+
+
 def _is_break(answer: str, at: int) -> bool:
     """Is the character at `at` (outside any word) one no rule joins words across? Everything but
     spaces; a hyphen at the very end may still become part of a word ("hot-" + "dog")."""
@@ -167,7 +172,7 @@ class RuleEntityMatcher(EntityMatcher):
         if not answer or not entities:
             return []
         index = self._index(entities)
-        tokens = [_Token(m.start(), m.end(), m.group().lower()) for m in WORD_RE.finditer(answer)]
+        tokens = _tokens(answer)
         return [match for match, _ in self._scan(answer, entities, index, tokens)]
 
     def settled(self, answer: str, entities: Sequence[str], start: int = 0) -> Settled:
@@ -183,7 +188,7 @@ class RuleEntityMatcher(EntityMatcher):
         if not answer or not entities:
             return Settled([], start)
         index = self._index(entities)
-        tokens = [_Token(m.start(), m.end(), m.group().lower()) for m in WORD_RE.finditer(answer, start)]
+        tokens = _tokens(answer, start)
         breaks_after = [False] * len(tokens)  # a break between token i and the next word (or the end)
         resume = start
         for i, token in enumerate(tokens):
