@@ -18,6 +18,11 @@ Tensors are cast to the target parameter's dtype (the official files are partly 
 
 Key maps are plain `{official key: our parameter name}` dicts, built by the `*_key_map` functions, so
 they can be printed and reviewed. Keys we skip on purpose are regexes (full match) with the reason.
+
+`read_state` (the one `torch.load` wrapper) and `apply_key_map` (the one strict copy) also serve the
+grounding families, whose key maps live beside their networks: `bubogpt.grounding.ram.checkpoint`
+(`ram_swin_large_14m.pth`), `...grounding_dino.checkpoint` (`groundingdino_swint_ogc.pth`) and
+`...sam.checkpoint` (`sam_vit_h_4b8939.pth`).
 """
 
 from __future__ import annotations
@@ -54,11 +59,18 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadReport:
-    """What a loader did: `loaded` maps our (module-prefixed) parameter names to official keys."""
+    """What a loader did: `loaded` maps our (module-prefixed) parameter names to official keys;
+    `ignored` lists the file's keys skipped on purpose, `checked` those verified but not loaded."""
 
     source: str
     loaded: dict[str, str] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+
+# A key verified, not loaded: the value it must have, or the official key whose value it must equal
+# (buffers derived from the config, aliases of shared weights).
+CheckedKeys = Mapping[str, Union[torch.Tensor, str]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,7 +313,7 @@ def load_eva_vit_checkpoint(
     If the file's position grid differs from ours it is resized like BLIP-2's `interpolate_pos_embed`
     (bicubic over the patch grid, class token kept).
     """
-    name, state = _flat_state(checkpoint, "eva_vit_g.pth", allow_pickle)
+    name, state = read_state(checkpoint, "eva_vit_g.pth", layout="flat", allow_pickle=allow_pickle)
     state = dict(state)
     depth = encoder.config.depth
     dropped = sorted(
@@ -313,7 +325,7 @@ def load_eva_vit_checkpoint(
         ignore += [(rf"blocks\.{i}\..*", f"block {i} >= depth {depth}") for i in dropped]
     if "pos_embed" in state and torch.is_tensor(state["pos_embed"]):
         state["pos_embed"] = _resize_eva_pos_embed(state["pos_embed"], encoder, name)
-    return _apply_key_map(
+    return apply_key_map(
         state,
         _prefixed(eva_vit_key_map(encoder.config), "vision_encoder"),
         {"vision_encoder": encoder},
@@ -332,8 +344,10 @@ def load_blip2_checkpoint(
     allow_pickle: bool = False,
 ) -> LoadReport:
     """Fill `vision_encoder.ln_vision` and the whole vision Q-Former from `blip2_pretrained_flant5xxl.pth`."""
-    name, state = _wrapped_state(checkpoint, "blip2_pretrained_flant5xxl.pth", allow_pickle)
-    return _apply_key_map(
+    name, state = read_state(
+        checkpoint, "blip2_pretrained_flant5xxl.pth", layout="wrapped", allow_pickle=allow_pickle
+    )
+    return apply_key_map(
         state,
         blip2_key_map(vision_encoder.config, vision_qformer.config),
         {"vision_encoder": vision_encoder, "vision_qformer": vision_qformer},
@@ -351,8 +365,8 @@ def load_imagebind_audio_checkpoint(
     allow_pickle: bool = False,
 ) -> LoadReport:
     """Fill the audio encoder (stem, trunk, logit-scale buffer) from `imagebind_huge.pth`."""
-    name, state = _flat_state(checkpoint, "imagebind_huge.pth", allow_pickle)
-    return _apply_key_map(
+    name, state = read_state(checkpoint, "imagebind_huge.pth", layout="flat", allow_pickle=allow_pickle)
+    return apply_key_map(
         state,
         _prefixed(imagebind_audio_key_map(audio_encoder.config), "audio_encoder"),
         {"audio_encoder": audio_encoder},
@@ -378,7 +392,7 @@ def load_bubogpt_checkpoint(
     them, overriding BLIP-2's, as the official `load_state_dict` would); pass `vision_qformer=None`
     only for files without them.
     """
-    name, state = _wrapped_state(checkpoint, "bubogpt_7b.pth", allow_pickle)
+    name, state = read_state(checkpoint, "bubogpt_7b.pth", layout="wrapped", allow_pickle=allow_pickle)
     vision_prefix = _BUBO_QFORMER_PREFIX.format(modality="vision")
     has_vision_qformer = vision_qformer is not None and any(
         k in state for k in qformer_key_map(vision_qformer.config, vision_prefix)
@@ -391,7 +405,7 @@ def load_bubogpt_checkpoint(
     if has_vision_qformer:
         targets["vision_qformer"] = vision_qformer
         log.info("%s: carries vision Q-Former weights; they override the BLIP-2 ones", name)
-    return _apply_key_map(
+    return apply_key_map(
         state,
         bubogpt_key_map(audio_qformer.config, vision_qformer.config if has_vision_qformer else None),
         targets,
@@ -409,33 +423,34 @@ def _prefixed(key_map: Mapping[str, str], module_name: str) -> dict[str, str]:
     return {src: f"{module_name}.{dst}" for src, dst in key_map.items()}
 
 
-def _read(checkpoint: Checkpoint, default_name: str, allow_pickle: bool) -> tuple[str, Any]:
+def read_state(
+    checkpoint: Checkpoint, default_name: str, *, layout: str, allow_pickle: bool = False
+) -> tuple[str, StateDict]:
+    """A path or an in-memory dict -> (name for messages, the official state dict).
+
+    `layout` is the container of the official file: "flat" (a state dict), "wrapped" (LAVIS's
+    `{"model": state, ...}`) or "either" (files released both ways: the state is taken from "model"
+    when there is one).
+    """
     if isinstance(checkpoint, (str, os.PathLike)):
-        return os.fspath(checkpoint), load_checkpoint_file(checkpoint, allow_pickle=allow_pickle)
-    if isinstance(checkpoint, Mapping):
-        return f"{default_name} (in memory)", checkpoint
-    raise CheckpointError(f"{default_name}: expected a path or a dict, got {type(checkpoint).__name__}")
-
-
-def _flat_state(checkpoint: Checkpoint, default_name: str, allow_pickle: bool) -> tuple[str, StateDict]:
-    name, obj = _read(checkpoint, default_name, allow_pickle)
+        name, obj = os.fspath(checkpoint), load_checkpoint_file(checkpoint, allow_pickle=allow_pickle)
+    elif isinstance(checkpoint, Mapping):
+        name, obj = f"{default_name} (in memory)", checkpoint
+    else:
+        raise CheckpointError(f"{default_name}: expected a path or a dict, got {type(checkpoint).__name__}")
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{name}: expected a state dict, got {type(obj).__name__}")
-    if "model" in obj and isinstance(obj["model"], Mapping):
+    wrapped = isinstance(obj.get("model"), Mapping)
+    if layout == "flat" and wrapped:
         raise CheckpointError(
             f"{name}: this file wraps its weights in {{'model': ...}}, but {default_name} is a flat state "
             "dict in the official release. Is it the right file?"
         )
-    return name, obj
-
-
-def _wrapped_state(checkpoint: Checkpoint, default_name: str, allow_pickle: bool) -> tuple[str, StateDict]:
-    name, obj = _read(checkpoint, default_name, allow_pickle)
-    if not isinstance(obj, Mapping) or not isinstance(obj.get("model"), Mapping):
+    if layout == "wrapped" and not wrapped:
         raise CheckpointError(
             f"{name}: expected LAVIS's layout {{'model': state_dict, ...}} as in the official {default_name}"
         )
-    return name, obj["model"]
+    return name, (obj["model"] if wrapped and layout != "flat" else obj)
 
 
 def _resize_eva_pos_embed(pos_embed: torch.Tensor, encoder: EvaViT, name: str) -> torch.Tensor:
@@ -460,7 +475,7 @@ def _resize_eva_pos_embed(pos_embed: torch.Tensor, encoder: EvaViT, name: str) -
     return torch.cat((pos[:, :extra], grid), dim=1)
 
 
-def _apply_key_map(
+def apply_key_map(
     state: StateDict,
     key_map: Mapping[str, str],
     targets: Mapping[str, nn.Module],
@@ -468,23 +483,30 @@ def _apply_key_map(
     *,
     source: str,
     scope: Mapping[str, Callable[[str], bool]] | None = None,
+    checks: CheckedKeys | None = None,
+    error: type[CheckpointError] = CheckpointError,
 ) -> LoadReport:
     """Copy `state[official]` into `targets` for every `official -> "<module>.<param>"` of `key_map`.
 
-    `scope` restricts, per module, which of its parameters/buffers this file must fill (default all).
-    Nothing is copied unless the whole map checks out.
+    The one strict loader of every official family. `targets` names the modules; the name "" means
+    no prefix (a map straight onto one network's own names). `scope` restricts, per module, which of
+    its parameters/buffers this file must fill (default all). `checks` are keys verified when present
+    and never loaded. Nothing is copied unless the whole map checks out; otherwise `error` (a
+    CheckpointError) names every missing, unexpected, mis-shaped and inconsistent key.
     """
     scope = scope or {}
+    checks = checks or {}
     wanted: dict[str, torch.Tensor] = {}
     for module_name, module in targets.items():
         in_scope = scope.get(module_name, lambda _: True)
+        prefix = f"{module_name}." if module_name else ""
         for param_name, tensor in module.state_dict(keep_vars=True).items():
             if in_scope(param_name):
-                wanted[f"{module_name}.{param_name}"] = tensor
+                wanted[prefix + param_name] = tensor
 
     stray = sorted(dst for dst in key_map.values() if dst not in wanted)
     if stray:  # a bug in a key map or a module built from another config, not a file problem
-        raise CheckpointError(f"{source}: key map names parameters the target modules lack: {stray}")
+        raise error(f"{source}: key map names parameters the target modules lack: {stray}")
 
     compiled = [(re.compile(pattern), why) for pattern, why in ignore]
 
@@ -494,7 +516,7 @@ def _apply_key_map(
     filled = set(key_map.values())
     missing = [f"{dst}  <- official key {src!r}" for src, dst in key_map.items() if src not in state]
     missing += [f"{dst}  (no official key maps to it)" for dst in wanted if dst not in filled]
-    unexpected = [k for k in state if k not in key_map and not ignored(k)]
+    unexpected = [k for k in state if k not in key_map and k not in checks and not ignored(k)]
     misshaped = []
     for src, dst in key_map.items():
         if src not in state:
@@ -504,29 +526,51 @@ def _apply_key_map(
             misshaped.append(f"{src} -> {dst}: not a tensor ({type(value).__name__})")
         elif tuple(value.shape) != tuple(wanted[dst].shape):
             misshaped.append(f"{src} -> {dst}: checkpoint {tuple(value.shape)} vs model {tuple(wanted[dst].shape)}")
+    inconsistent = []
+    for key, expected in checks.items():
+        if key not in state:
+            continue  # derived buffers and aliases carry nothing of their own: absence is fine
+        reference = state.get(expected) if isinstance(expected, str) else expected
+        value = state[key]
+        if not (
+            torch.is_tensor(value) and torch.is_tensor(reference) and value.shape == reference.shape
+            and torch.equal(value.to(reference.dtype), reference)
+        ):
+            what = f"must equal {expected}" if isinstance(expected, str) else "differs from the value the model implies"
+            inconsistent.append(f"{key}: {what}")
 
-    if missing or unexpected or misshaped:
-        lines = [f"{source}: {len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped"]
-        if missing:
-            lines.append("missing (our tensors the file does not fill):")
-            lines += [f"  {m}" for m in missing]
-        if unexpected:
-            lines.append("unexpected (official keys neither mapped nor in the ignore list):")
-            lines += [f"  {k}" for k in unexpected]
-        if misshaped:
-            lines.append("mis-shaped (is the model built from the right config?):")
-            lines += [f"  {m}" for m in misshaped]
-        raise CheckpointError("\n".join(lines))
+    if missing or unexpected or misshaped or inconsistent:
+        lines = [
+            f"{source}: {len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped, "
+            f"{len(inconsistent)} inconsistent"
+        ]
+        for title, items in (
+            ("missing (our tensors the file does not fill):", missing),
+            ("unexpected (official keys neither mapped nor in the ignore list):", unexpected),
+            ("mis-shaped (is the model built from the right config?):", misshaped),
+            ("inconsistent (buffers and shared-weight aliases checked, not loaded):", inconsistent),
+        ):
+            if items:
+                lines.append(title)
+                lines += [f"  {item}" for item in items]
+        raise error("\n".join(lines))
 
     meta = sorted(dst for dst in filled if wanted[dst].is_meta)
     if meta:
-        raise CheckpointError(f"{source}: target tensors are on the meta device; build the model on a real device: {meta[:3]}...")
+        raise error(f"{source}: target tensors are on the meta device; build the model on a real device: {meta[:3]}...")
 
-    report = LoadReport(source=source, ignored=[k for k in state if k not in key_map])
+    report = LoadReport(
+        source=source,
+        ignored=sorted(k for k in state if k not in key_map and k not in checks),
+        checked=sorted(k for k in checks if k in state),
+    )
     with torch.no_grad():
         for src, dst in key_map.items():
             target = wanted[dst]
             target.copy_(state[src].to(dtype=target.dtype))
             report.loaded[dst] = src
-    log.info("%s: loaded %d tensors, ignored %d keys", source, len(report.loaded), len(report.ignored))
+    log.info(
+        "%s: loaded %d tensors, checked %d, ignored %d keys", source, len(report.loaded), len(report.checked),
+        len(report.ignored),
+    )
     return report

@@ -251,6 +251,14 @@ def official_checkpoint(cfg: GroundingDinoConfig, seed: int = 0) -> dict[str, to
     return state
 
 
+def released_checkpoint(cfg: GroundingDinoConfig, seed: int = 0) -> dict:
+    """`groundingdino_swint_ogc.pth` as released: {"model": state} holding, beyond the official model's
+    state_dict(), the training code's denoising label embedding (GroundingDINO issue #271)."""
+    state = official_checkpoint(cfg, seed)
+    state["label_enc.weight"] = torch.randn(2001, cfg.hidden, generator=torch.Generator().manual_seed(seed + 1))
+    return {"model": state}
+
+
 def our_name(official: str) -> str:
     for src, dst in (("backbone.0.", "backbone."), ("bbox_embed.0.", "bbox_embed.")):
         if official.startswith(src):
@@ -291,6 +299,14 @@ def test_official_checkpoint_fills_every_tensor(cfg, tmp_path):
     assert torch.equal(net.bbox_embed.layers[2].weight, state[f"transformer.decoder.bbox_embed.{last}.layers.2.weight"])
     assert "backbone.0.layers.0.blocks.1.attn.relative_position_index" in report.checked
     assert "bert.embeddings.position_ids" in report.checked
+
+
+def test_released_file_extras_are_skipped_or_checked(cfg):
+    released = released_checkpoint(cfg)
+    net = GroundingDino(cfg)
+    report = load_grounding_dino_checkpoint(net, released)
+    assert "label_enc.weight" in report.ignored and "bert.embeddings.position_ids" in report.checked
+    assert torch.equal(net.feat_map.weight, released["model"]["feat_map.weight"])
 
 
 def test_checkpoint_buffers_are_optional(cfg):

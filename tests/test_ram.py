@@ -268,6 +268,27 @@ def test_swin_buffers_match_the_official_formulas():
     assert torch.equal(mask[3], torch.where(torch.eye(4, dtype=torch.bool), 0.0, -100.0))  # four regions
 
 
+def test_ram_and_grounding_dino_share_one_swin():
+    """Window attention and MLP come from bubogpt.grounding.swin for both backbones; no copy elsewhere."""
+    import inspect
+    import pathlib
+
+    import bubogpt.grounding as grounding
+    from bubogpt.grounding import swin
+    from bubogpt.grounding.grounding_dino import GDINO_PRESETS, build_grounding_dino
+
+    for backbone in (RamTagger(TINY).visual_encoder, build_grounding_dino(GDINO_PRESETS["tiny"]).backbone):
+        blocks = [m for m in backbone.modules() if hasattr(m, "attn") and hasattr(m, "mlp")]
+        assert blocks and all(type(b.attn) is swin.WindowAttention and type(b.mlp) is swin.SwinMlp for b in blocks)
+    shared = [name for name, _ in inspect.getmembers(swin, inspect.isfunction) + inspect.getmembers(swin, inspect.isclass)
+              if getattr(swin, name).__module__ == swin.__name__]
+    root = pathlib.Path(grounding.__file__).parent
+    for path in root.rglob("*.py"):
+        if path.name != "swin.py":
+            source = path.read_text()
+            assert not [n for n in shared if f"def {n}(" in source or f"class {n}(" in source], path
+
+
 def test_invalid_configs_are_refused():
     with pytest.raises(ValueError, match="not a multiple of window"):
         RamConfig(image_size=96, window_size=7)

@@ -42,7 +42,6 @@ from bubogpt.grounding.grounding_dino.checkpoint import (
     grounding_dino_key_map,
     load_grounding_dino_checkpoint,
     official_name,
-    read_checkpoint,
 )
 from bubogpt.grounding.grounding_dino.common import (
     MLP,
@@ -114,7 +113,6 @@ __all__ = [
     "postprocess",
     "preprocess_caption",
     "preprocess_image",
-    "read_checkpoint",
     "resized_size",
     "sine_embed_boxes",
     "sine_embed_scalar",

@@ -17,21 +17,17 @@ One file per job:
     tagger.py        RamTagger: backbone + projections + tagging head + per-tag classifier
     transforms.py    preprocess_image (RAM's eval transform)
     tags.py          tag list and threshold files, class_thresholds, select_tags
-    checkpoint.py    ram_key_map, read_ram_checkpoint, load_ram_checkpoint (strict)
+    checkpoint.py    ram_key_map, load_ram_checkpoint (strict, through bubogpt.official_checkpoints)
 """
 
 from bubogpt.grounding.ram.backbone import PatchEmbed, PatchMerging, SwinBlock, SwinStage, SwinTransformer
 from bubogpt.grounding.ram.checkpoint import (
     LEGACY_PREFIXES,
     RAM_IGNORED,
-    Checkpoint,
-    IgnoreRule,
     RamCheckpointError,
     RamLoadReport,
-    StateDict,
     load_ram_checkpoint,
     ram_key_map,
-    read_ram_checkpoint,
 )
 from bubogpt.grounding.ram.config import (
     IMAGENET_MEAN,
@@ -53,6 +49,7 @@ from bubogpt.grounding.swin import (
     window_partition,
     window_reverse,
 )
+from bubogpt.official_checkpoints import Checkpoint, IgnoreRule, StateDict
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -86,7 +83,6 @@ __all__ = [
     "load_thresholds",
     "preprocess_image",
     "ram_key_map",
-    "read_ram_checkpoint",
     "relative_position_index",
     "select_tags",
     "shifted_window_mask",

@@ -3,28 +3,23 @@
 Module names under `visual_encoder` mirror the official ones, so that part of the key map is the
 identity; the tagging head uses our names (q_proj, ..., as in `bubogpt.qformer`) through a rename
 table. The Tag2Text captioning branch and the recomputed Swin buffers are skipped (`RAM_IGNORED`).
+Reading and the strict copy are the shared ones of `bubogpt.official_checkpoints`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import pickle
-import re
-from collections.abc import Mapping
-from typing import Any, Union
-
-import torch
+from typing import Any
 
 from bubogpt.grounding.ram.config import RamConfig
 from bubogpt.grounding.ram.tagger import RamTagger
-from bubogpt.official_checkpoints import CheckpointError, LoadReport
-
-log = logging.getLogger(__name__)
-
-StateDict = Mapping[str, Any]
-Checkpoint = Union[str, os.PathLike, StateDict]
-IgnoreRule = tuple[str, str]  # (regex, full match over the official key; why it is skipped)
+from bubogpt.official_checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    IgnoreRule,
+    LoadReport,
+    apply_key_map,
+    read_state,
+)
 
 
 class RamCheckpointError(CheckpointError):
@@ -101,87 +96,23 @@ def ram_key_map(cfg: RamConfig) -> dict[str, str]:
     return key_map
 
 
-def read_ram_checkpoint(checkpoint: Checkpoint, *, allow_pickle: bool = False) -> tuple[str, StateDict]:
-    """A path or an in-memory dict -> (name for messages, official state dict).
-
-    Files are read with `torch.load(weights_only=True)`; a file that needs full unpickling is refused
-    unless `allow_pickle=True` (only for files you trust). Accepts `{"model": state, ...}` (the
-    released layout) or a flat state dict.
-    """
-    if isinstance(checkpoint, (str, os.PathLike)):
-        source = os.fspath(checkpoint)
-        try:
-            obj = torch.load(source, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            if not allow_pickle:
-                raise RamCheckpointError(
-                    f"{source}: not loadable with weights_only=True ({err}); pass allow_pickle=True if you trust it"
-                ) from None
-            log.warning("%s: weights_only load failed; unpickling fully (allow_pickle=True)", source)
-            obj = torch.load(source, map_location="cpu", weights_only=False)
-    elif isinstance(checkpoint, Mapping):
-        source, obj = "ram checkpoint (in memory)", checkpoint
-    else:
-        raise RamCheckpointError(f"expected a path or a state dict, got {type(checkpoint).__name__}")
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping):
-        raise RamCheckpointError(
-            f"{source}: expected a state dict or {{'model': state dict}}, got {type(obj).__name__}"
-        )
-    return source, obj
-
-
 def load_ram_checkpoint(model: RamTagger, checkpoint: Checkpoint, *, allow_pickle: bool = False) -> RamLoadReport:
     """Load the official RAM weights into `model` through `ram_key_map`, strictly.
 
+    Accepts `{"model": state, ...}` (the released layout) or a flat state dict, as a path or in memory.
     Fails with RamCheckpointError (nothing copied) listing: missing (our tensors the file does not
     fill), unexpected (official keys neither mapped nor matched by RAM_IGNORED), mis-shaped (usually
     the wrong preset; unlike the official loader we do not interpolate relative position tables).
     Tensors are cast to the parameter dtype.
     """
-    source, raw = read_ram_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    source, raw = read_state(checkpoint, "ram_swin_large_14m.pth", layout="either", allow_pickle=allow_pickle)
     state: dict[str, Any] = {}
     for key, value in raw.items():
         for old, new in LEGACY_PREFIXES.items():
             if key.startswith(old):
                 key = new + key[len(old) :]
         state[key] = value
-
-    key_map = ram_key_map(model.config)
-    ours = model.state_dict(keep_vars=True)  # parameters only: our buffers are all non-persistent
-    stray = sorted(set(key_map.values()) ^ set(ours))
-    if stray:  # a bug in the key map or a model built from another config, not a file problem
-        raise RamCheckpointError(f"{source}: key map and model disagree on {stray}")
-
-    ignore = [re.compile(pattern) for pattern, _ in RAM_IGNORED]
-    missing = [f"{ours_name}  <- official key {key!r}" for key, ours_name in key_map.items() if key not in state]
-    unexpected = sorted(k for k in state if k not in key_map and not any(rx.fullmatch(k) for rx in ignore))
-    misshaped = []
-    for key, ours_name in key_map.items():
-        if key not in state:
-            continue
-        value = state[key]
-        if not torch.is_tensor(value):
-            misshaped.append(f"{key}: not a tensor ({type(value).__name__})")
-        elif tuple(value.shape) != tuple(ours[ours_name].shape):
-            misshaped.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(ours[ours_name].shape)}")
-    if missing or unexpected or misshaped:
-        lines = [f"{source}: {len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped"]
-        for title, items in (
-            ("missing (our tensors the file does not fill):", missing),
-            ("unexpected (official keys neither mapped nor in RAM_IGNORED):", unexpected),
-            ("mis-shaped (is the model built from the right preset?):", misshaped),
-        ):
-            if items:
-                lines += [title] + [f"  {item}" for item in items]
-        raise RamCheckpointError("\n".join(lines))
-
-    report = RamLoadReport(source=source, ignored=sorted(k for k in state if k not in key_map))
-    with torch.no_grad():
-        for key, ours_name in key_map.items():
-            target = ours[ours_name]
-            target.copy_(state[key].to(dtype=target.dtype))
-            report.loaded[ours_name] = key
-    log.info("%s: loaded %d tensors, ignored %d keys", source, len(report.loaded), len(report.ignored))
-    return report
+    # our buffers are all non-persistent, so the tagger's state dict is its parameters: all from the file
+    return apply_key_map(
+        state, ram_key_map(model.config), {"": model}, RAM_IGNORED, source=source, error=RamCheckpointError
+    )

@@ -23,7 +23,7 @@ One file per part, as `segment_anything.modeling` splits SAM:
     mask_decoder.py    SamMaskDecoder (single-mask output)
     prompt_decoder.py  SamPromptDecoder = prompt encoder + mask decoder, the second exported network
     transforms.py      preprocess_image, transform_boxes, postprocess_masks, masks_from_logits, ...
-    checkpoint.py      official key maps, read_sam_checkpoint, load_sam_checkpoint (strict)
+    checkpoint.py      official key maps, load_sam_checkpoint (strict, through bubogpt.official_checkpoints)
 
 Names mirror the official modules (image encoder: identical below `image_encoder.`; mask decoder:
 identical below `mask_decoder.`), so the checkpoint key map is the identity except for the prompt
@@ -36,14 +36,11 @@ two-way transformer; exact (erf) GELU in the ViT and the mask upscaling, ReLU in
 from bubogpt.grounding.sam.checkpoint import (
     SAM_CHECKED_CONSTANTS,
     SAM_IGNORED_KEYS,
-    Checkpoint,
     SamCheckpointError,
     SamLoadReport,
-    StateDict,
     image_encoder_key_map,
     load_sam_checkpoint,
     prompt_decoder_key_map,
-    read_sam_checkpoint,
     sam_key_map,
 )
 from bubogpt.grounding.sam.common import LayerNorm2d, MLPBlock
@@ -61,6 +58,7 @@ from bubogpt.grounding.sam.transforms import (
     preprocess_image,
     transform_boxes,
 )
+from bubogpt.official_checkpoints import Checkpoint, StateDict
 
 __all__ = [
     "SAM_CHECKED_CONSTANTS",
@@ -96,7 +94,6 @@ __all__ = [
     "postprocess_masks",
     "preprocess_image",
     "prompt_decoder_key_map",
-    "read_sam_checkpoint",
     "sam_key_map",
     "transform_boxes",
 ]

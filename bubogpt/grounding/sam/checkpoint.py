@@ -2,16 +2,13 @@
 
 Our names equal the official ones below `image_encoder.` and `mask_decoder.`; the prompt encoder keeps
 only what box prompts use, so its key map renames the two box-corner embeddings and `SAM_IGNORED_KEYS`
-lists the point and mask prompt tensors we do not load.
+lists the point and mask prompt tensors we do not load. Reading and the strict copy are the shared ones
+of `bubogpt.official_checkpoints`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import pickle
-from collections.abc import Mapping
-from typing import Any, Union
+import re
 
 import torch
 from torch import nn
@@ -19,12 +16,7 @@ from torch import nn
 from bubogpt.grounding.sam.config import SamConfig
 from bubogpt.grounding.sam.image_encoder import SamImageEncoder
 from bubogpt.grounding.sam.prompt_decoder import SamPromptDecoder
-from bubogpt.official_checkpoints import CheckpointError, LoadReport
-
-log = logging.getLogger(__name__)
-
-StateDict = Mapping[str, Any]
-Checkpoint = Union[str, os.PathLike, StateDict]
+from bubogpt.official_checkpoints import Checkpoint, CheckpointError, LoadReport, apply_key_map, read_state
 
 # Official keys we do not load, with the reason (exact names; the mask-prompt path has the same
 # names in every official file).
@@ -39,7 +31,8 @@ SAM_IGNORED_KEYS: dict[str, str] = {
     },
 }
 # Buffers that may be in a file (the official Sam registers them non-persistent, so released files
-# should not have them); they are constants of our preprocessing, so a file that has them must agree.
+# should not have them); they are constants of our preprocessing, so a file that has them must agree
+# exactly.
 SAM_CHECKED_CONSTANTS: tuple[str, ...] = ("pixel_mean", "pixel_std")
 
 
@@ -117,112 +110,38 @@ def sam_key_map(cfg: SamConfig) -> dict[str, str]:
     return key_map
 
 
-def read_sam_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """torch.load on CPU with weights_only=True: the official files are flat dicts of tensors."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise SamCheckpointError(f"SAM checkpoint file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise SamCheckpointError(f"{path}: not a plain tensor checkpoint (weights_only load failed: {err})") from err
-    if not isinstance(state, Mapping):
-        raise SamCheckpointError(f"{path}: expected a flat state dict, got {type(state).__name__}")
-    return dict(state)
-
-
 def load_sam_checkpoint(
     image_encoder: SamImageEncoder | None,
     prompt_decoder: SamPromptDecoder | None,
     checkpoint: Checkpoint,
+    *,
+    allow_pickle: bool = False,
 ) -> SamLoadReport:
-    """Fill our SAM networks from an official file (`sam_vit_{h,l,b}_*.pth`) or its state dict.
+    """Fill our SAM networks from an official file (`sam_vit_{h,l,b}_*.pth`, a flat state dict) or its dict.
 
     Strict: raises SamCheckpointError listing missing (ours, not filled), unexpected (official keys
-    neither mapped nor in SAM_IGNORED_KEYS) and mis-shaped keys; nothing is copied unless all match.
-    Pass None for a network to load only the other one (its official keys are then skipped, logged).
+    neither mapped nor in SAM_IGNORED_KEYS), mis-shaped and inconsistent (pixel constants) keys;
+    nothing is copied unless all match. Pass None for a network to load only the other one (its
+    official keys are then skipped, logged).
     """
     if image_encoder is None and prompt_decoder is None:
         raise ValueError("load_sam_checkpoint: give an image encoder, a prompt decoder or both")
-    if isinstance(checkpoint, (str, os.PathLike)):
-        source, state = os.fspath(checkpoint), read_sam_checkpoint(checkpoint)
-    elif isinstance(checkpoint, Mapping):
-        source, state = "SAM state dict (in memory)", dict(checkpoint)
-    else:
-        raise SamCheckpointError(f"expected a path or a state dict, got {type(checkpoint).__name__}")
+    source, state = read_state(checkpoint, "sam_vit_h_4b8939.pth", layout="flat", allow_pickle=allow_pickle)
 
     key_map: dict[str, str] = {}
     targets: dict[str, nn.Module] = {}
-    skipped_prefixes: list[str] = []
+    ignore = [(re.escape(key), why) for key, why in SAM_IGNORED_KEYS.items()]
     if image_encoder is not None:
         targets["image_encoder"] = image_encoder
         key_map.update({s: f"image_encoder.{d}" for s, d in image_encoder_key_map(image_encoder.config).items()})
     else:
-        skipped_prefixes.append("image_encoder.")
+        ignore.append((r"image_encoder\..+", "image encoder not requested"))
     if prompt_decoder is not None:
         targets["prompt_decoder"] = prompt_decoder
         key_map.update({s: f"prompt_decoder.{d}" for s, d in prompt_decoder_key_map(prompt_decoder.config).items()})
     else:
-        skipped_prefixes += ["prompt_encoder.", "mask_decoder."]
-
-    wanted = {
-        f"{module_name}.{name}": tensor
-        for module_name, module in targets.items()
-        for name, tensor in module.state_dict(keep_vars=True).items()
-    }
-    stray = sorted(dst for dst in key_map.values() if dst not in wanted)
-    if stray:  # a bug in the key map, not a problem of the file
-        raise SamCheckpointError(f"{source}: key map names tensors our networks lack: {stray}")
-
-    report = SamLoadReport(source=source)
-    filled = set(key_map.values())
-    missing = [f"{dst}  <- official {src!r}" for src, dst in key_map.items() if src not in state]
-    missing += [f"{dst}  (no official key maps to it)" for dst in wanted if dst not in filled]
-    unexpected, misshaped = [], []
-    for key, value in state.items():
-        if key in key_map:
-            continue
-        if key in SAM_IGNORED_KEYS or any(key.startswith(p) for p in skipped_prefixes):
-            report.ignored.append(key)
-        elif key in SAM_CHECKED_CONSTANTS:
-            cfg = image_encoder.config if image_encoder is not None else prompt_decoder.config
-            expected = torch.tensor(getattr(cfg, key), dtype=torch.float32)
-            if not torch.is_tensor(value) or value.numel() != 3:
-                misshaped.append(f"{key}: expected 3 values, got {getattr(value, 'shape', type(value).__name__)}")
-            elif not torch.allclose(value.float().flatten(), expected, rtol=0, atol=1e-4):
-                misshaped.append(f"{key}: {value.flatten().tolist()} differs from the config's {expected.tolist()}")
-            else:
-                report.ignored.append(key)
-        else:
-            unexpected.append(key)
-    for src, dst in key_map.items():
-        if src in state:
-            value = state[src]
-            if not torch.is_tensor(value):
-                misshaped.append(f"{src} -> {dst}: not a tensor ({type(value).__name__})")
-            elif tuple(value.shape) != tuple(wanted[dst].shape):
-                misshaped.append(
-                    f"{src} -> {dst}: checkpoint {tuple(value.shape)} vs model {tuple(wanted[dst].shape)}"
-                )
-
-    if missing or unexpected or misshaped:
-        lines = [f"{source}: {len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped"]
-        for title, items in (
-            ("missing (our tensors the file does not fill):", missing),
-            ("unexpected (official keys neither mapped nor in SAM_IGNORED_KEYS):", unexpected),
-            ("mis-shaped (is the network built from the right preset?):", misshaped),
-        ):
-            if items:
-                lines.append(title)
-                lines += [f"  {item}" for item in items]
-        raise SamCheckpointError("\n".join(lines))
-
-    with torch.no_grad():
-        for src, dst in key_map.items():
-            wanted[dst].copy_(state[src].to(dtype=wanted[dst].dtype))
-            report.loaded[dst] = src
-    log.info(
-        "%s: loaded %d tensors into %s, ignored %d keys",
-        source, len(report.loaded), "+".join(targets), len(report.ignored),
-    )
-    return report
+        ignore.append((r"(prompt_encoder|mask_decoder)\..+", "prompt decoder not requested"))
+    cfg = image_encoder.config if image_encoder is not None else prompt_decoder.config
+    # The official Sam registers them as shape [3, 1, 1] buffers.
+    checks = {name: torch.tensor(getattr(cfg, name), dtype=torch.float32).view(-1, 1, 1) for name in SAM_CHECKED_CONSTANTS}
+    return apply_key_map(state, key_map, targets, ignore, source=source, checks=checks, error=SamCheckpointError)
