@@ -54,7 +54,18 @@ IgnoreRule = tuple[str, str]
 
 
 class CheckpointError(ValueError):
-    """A checkpoint does not match the network it is loaded into."""
+    """A checkpoint does not match the network it is loaded into.
+
+    The message is one line (the CLI prints it as the user error); it names the offending keys, the
+    first MAX_NAMED of each kind. `problems` holds every one: kind -> descriptions.
+    """
+
+    def __init__(self, message: str, problems: Mapping[str, Sequence[str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = {kind: list(items) for kind, items in (problems or {}).items()}
+
+
+MAX_NAMED = 10  # offending keys named per kind in an error message (a wrong preset mis-shapes hundreds)
 
 
 @dataclass
@@ -514,8 +525,8 @@ def apply_key_map(
         return any(rx.fullmatch(key) for rx, _ in compiled)
 
     filled = set(key_map.values())
-    missing = [f"{dst}  <- official key {src!r}" for src, dst in key_map.items() if src not in state]
-    missing += [f"{dst}  (no official key maps to it)" for dst in wanted if dst not in filled]
+    missing = [f"{dst} <- official key {src!r}" for src, dst in key_map.items() if src not in state]
+    missing += [f"{dst} (no official key maps to it)" for dst in wanted if dst not in filled]
     unexpected = [k for k in state if k not in key_map and k not in checks and not ignored(k)]
     misshaped = []
     for src, dst in key_map.items():
@@ -539,21 +550,22 @@ def apply_key_map(
             what = f"must equal {expected}" if isinstance(expected, str) else "differs from the value the model implies"
             inconsistent.append(f"{key}: {what}")
 
-    if missing or unexpected or misshaped or inconsistent:
-        lines = [
-            f"{source}: {len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped, "
-            f"{len(inconsistent)} inconsistent"
-        ]
-        for title, items in (
-            ("missing (our tensors the file does not fill):", missing),
-            ("unexpected (official keys neither mapped nor in the ignore list):", unexpected),
-            ("mis-shaped (is the model built from the right config?):", misshaped),
-            ("inconsistent (buffers and shared-weight aliases checked, not loaded):", inconsistent),
-        ):
+    problems = {"missing": missing, "unexpected": unexpected, "mis-shaped": misshaped, "inconsistent": inconsistent}
+    if any(problems.values()):
+        hints = {
+            "missing": "our tensors the file does not fill",
+            "unexpected": "file keys neither mapped nor in the ignore list",
+            "mis-shaped": "is the model built from the right preset?",
+            "inconsistent": "buffers and shared-weight aliases, checked not loaded",
+        }
+        parts = []
+        for kind, items in problems.items():
             if items:
-                lines.append(title)
-                lines += [f"  {item}" for item in items]
-        raise error("\n".join(lines))
+                more = f", and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else ""
+                parts.append(f"{kind} ({hints[kind]}): " + ", ".join(items[:MAX_NAMED]) + more)
+        counts = ", ".join(f"{len(items)} {kind}" for kind, items in problems.items())
+        log.debug("%s: every problem:\n%s", source, "\n".join(f"  {k}: {i}" for k, items in problems.items() for i in items))
+        raise error(f"{source}: {counts}. " + "; ".join(parts), problems)
 
     meta = sorted(dst for dst in filled if wanted[dst].is_meta)
     if meta:

@@ -22,6 +22,7 @@ from torch import nn
 from bubogpt.audio_encoder import ImageBindAudioEncoder
 from bubogpt.config import AudioEncoderConfig, QFormerConfig, VisionEncoderConfig, nano
 from bubogpt.official_checkpoints import (
+    MAX_NAMED,
     CheckpointError,
     load_blip2_checkpoint,
     load_bubogpt_checkpoint,
@@ -430,6 +431,19 @@ def test_missing_unexpected_and_misshaped_are_all_named() -> None:
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def test_errors_are_one_line_naming_the_first_keys_and_counting_the_rest() -> None:
+    cfg = nano().vision
+    state = official_eva_state(cfg, num_blocks=cfg.depth, fill=_Filler(14))
+    extra = [f"blocks.0.extra_{i}" for i in range(MAX_NAMED + 3)]
+    state.update({k: torch.zeros(1) for k in extra})
+    with pytest.raises(CheckpointError) as err:
+        load_eva_vit_checkpoint(EvaViT(cfg), state)
+    message = str(err.value)
+    assert "\n" not in message and f"0 missing, {MAX_NAMED + 3} unexpected" in message
+    assert all(k in message for k in extra[:MAX_NAMED]) and extra[-1] not in message and "and 3 more" in message
+    assert err.value.problems["unexpected"] == extra
+
+
 def test_wrong_config_is_misshaped() -> None:
     config = nano()
     ckpt = official_blip2_state(config.vision, config.vision_qformer, _Filler(7))
@@ -442,8 +456,9 @@ def test_imagebind_unexpected_audio_key() -> None:
     cfg = nano().audio
     state = official_imagebind_state(cfg, _Filler(8))
     state["modality_trunks.audio.blocks.0.layer_scale_gamma1"] = torch.ones(1, 1, cfg.width)
-    with pytest.raises(CheckpointError, match=r"0 missing, 1 unexpected.*\n.*\n  modality_trunks\.audio\.blocks\.0\.layer_scale_gamma1"):
+    with pytest.raises(CheckpointError, match=r"0 missing, 1 unexpected.*unexpected \(.*\): modality_trunks\.audio\.blocks\.0\.layer_scale_gamma1$") as err:
         load_imagebind_audio_checkpoint(ImageBindAudioEncoder(cfg), state)
+    assert err.value.problems["unexpected"] == ["modality_trunks.audio.blocks.0.layer_scale_gamma1"]
 
 
 def test_unexpected_llm_weights_in_bubogpt_file() -> None:
