@@ -643,3 +643,61 @@ def test_examples_carry_what_bubo_llm_server_prints(capsys):
     llm_d = _served_flags(_example("llm-d-modelservice-values.yaml")["decode"]["containers"][0]["args"])
     assert expected <= kserve, f"missing from examples/llminferenceservice.yaml: {sorted(expected - kserve)}"
     assert expected <= llm_d, f"missing from examples/llm-d-modelservice-values.yaml: {sorted(expected - llm_d)}"
+
+
+# ------------------------------------------------------------------------------------------------
+# the images: every one the manifests name is built by a Dockerfile of docker/
+# ------------------------------------------------------------------------------------------------
+
+DOCKER = ROOT / "docker"
+TIER_DOCKERFILES = ("Dockerfile.frontend", "Dockerfile.triton", "Dockerfile.llm")
+
+
+def _build_commands() -> dict[str, tuple[str, str | None]]:
+    """image -> (Dockerfile, target), from the `docker build` lines each Dockerfile's header gives."""
+    built = {}
+    for name in TIER_DOCKERFILES:
+        for line in (DOCKER / name).read_text().splitlines():
+            if line.startswith("#") and "docker build" in line:
+                argv = shlex.split(line.lstrip("# "))
+                assert one_flag(argv, "-f") == f"docker/{name}", line
+                targets = flag_values(argv, "--target")
+                built[one_flag(argv, "-t")] = (name, targets[0] if targets else None)
+    return built
+
+
+def _stages(dockerfile: str) -> list[str]:
+    stages = []
+    for line in (DOCKER / dockerfile).read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["FROM"]:
+            stages.append(words[3] if len(words) >= 4 and words[2].upper() == "AS" else "")
+    return stages
+
+
+def test_every_image_in_the_manifests_is_built_by_a_dockerfile():
+    built = _build_commands()
+    images = {c["image"] for name in ("cpu", "gpu") for dep in of_kind(rendered(name), "Deployment").values()
+              for c in all_containers(dep)}
+    images.add(_example("llminferenceservice.yaml")["spec"]["template"]["containers"][0]["image"])
+    images.add(_example("llm-d-modelservice-values.yaml")["decode"]["containers"][0]["image"])
+    assert images - set(built) == set(), f"no Dockerfile builds {sorted(images - set(built))}"
+    for image, (dockerfile, target) in built.items():
+        stages = _stages(dockerfile)
+        assert target is None and len(stages) == 1 or target in stages, f"{dockerfile} has no stage {target} ({image})"
+
+
+@pytest.mark.parametrize("dockerfile", TIER_DOCKERFILES)
+def test_dockerfiles_copy_every_package_and_create_the_pods_user(dockerfile):
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    text = (DOCKER / dockerfile).read_text()
+    # per stage: the `bubo` parser imports every layer's commands, so each package must be there
+    for stage in text.split("\nFROM ")[1:]:
+        copied = {line.split()[1] for line in stage.splitlines() if line.startswith("COPY ")}
+        assert packages <= copied, f"{dockerfile}: a stage lacks {sorted(packages - copied)}"
+        assert "useradd --uid 10001" in stage and "USER 10001" in stage, f"{dockerfile}: a stage runs as another user"
+    uids = {pod_spec(dep)["securityContext"]["runAsUser"] for dep in of_kind(rendered("gpu"), "Deployment").values()}
+    assert uids == {10001}
