@@ -44,20 +44,58 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _convert(args: argparse.Namespace) -> int:
-    from bubogpt.convert import convert_official
+_BUBOGPT_FILES = ("eva_vit_g", "blip2", "imagebind", "bubogpt", "vicuna")
+_GROUNDING_FILES = ("sam", "groundingdino", "bert", "ram")
 
-    for flag in ("eva_vit_g", "blip2", "imagebind", "bubogpt"):
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from bubogpt.convert import GroundingFiles, convert_grounding, convert_official
+
+    groups = {}
+    for title, names in (("BuboGPT", _BUBOGPT_FILES), ("grounding", _GROUNDING_FILES)):
+        given = [n for n in names if getattr(args, n)]
+        if given and len(given) < len(names):
+            missing = ", ".join(_flag(n) for n in names if n not in given)
+            raise SystemExit(f"the {title} files go together: missing {missing}")
+        groups[title] = bool(given)
+    if not any(groups.values()):
+        raise SystemExit(
+            "nothing to convert: give the BuboGPT files (" + " ".join(map(_flag, _BUBOGPT_FILES)) + ") and/or the "
+            "grounding files (" + " ".join(map(_flag, _GROUNDING_FILES)) + " [--ram-tag-list --ram-thresholds])"
+        )
+    if not groups["grounding"] and (args.ram_tag_list or args.ram_thresholds or args.grounding_preset):
+        raise SystemExit("--ram-tag-list, --ram-thresholds and --grounding-preset go with the grounding files (--ram ...)")
+    for flag in ("eva_vit_g", "blip2", "imagebind", "bubogpt", "sam", "groundingdino", "ram", "ram_tag_list", "ram_thresholds"):
         path = getattr(args, flag)
-        if not Path(path).is_file():
-            raise SystemExit(f"--{flag.replace('_', '-')}: {path}: no such file")
-    if not Path(args.vicuna).is_dir():
-        raise SystemExit(f"--vicuna: {args.vicuna}: not a directory")
-    out = convert_official(
-        args.out, args.preset, eva_vit_g=args.eva_vit_g, blip2=args.blip2, imagebind=args.imagebind,
-        bubogpt=args.bubogpt, vicuna_dir=args.vicuna, link_llm=not args.copy_llm, allow_pickle=args.allow_pickle,
-    )
-    print(f"wrote {args.preset} model to {out}")
+        if path and not Path(path).is_file():
+            raise SystemExit(f"{_flag(flag)}: {path}: no such file")
+    for flag in ("vicuna", "bert"):
+        path = getattr(args, flag)
+        if path and not Path(path).is_dir():
+            raise SystemExit(f"{_flag(flag)}: {path}: not a directory")
+    grounding = None
+    if groups["grounding"]:
+        grounding = GroundingFiles(sam=args.sam, groundingdino=args.groundingdino, bert=args.bert, ram=args.ram,
+                                   ram_tag_list=args.ram_tag_list, ram_thresholds=args.ram_thresholds)
+    if groups["BuboGPT"]:
+        out = convert_official(
+            args.out, args.preset, eva_vit_g=args.eva_vit_g, blip2=args.blip2, imagebind=args.imagebind,
+            bubogpt=args.bubogpt, vicuna_dir=args.vicuna, link_llm=not args.copy_llm, allow_pickle=args.allow_pickle,
+            grounding=grounding, grounding_preset=args.grounding_preset,
+        )
+        print(f"wrote {args.preset} model{' with grounding' if grounding else ''} to {out}")
+        return 0
+    if not (Path(args.out) / "bubogpt.json").is_file():
+        raise SystemExit(
+            f"--out: {args.out} is not a model directory (no bubogpt.json): the grounding files alone go into an "
+            "existing one (from `bubo convert` with the BuboGPT files, or `bubo init`)"
+        )
+    written = convert_grounding(args.out, grounding, preset=args.grounding_preset, allow_pickle=args.allow_pickle)
+    print(f"wrote grounding models to {written}")
     return 0
 
 
@@ -94,14 +132,29 @@ def register(sub) -> None:
     init.add_argument("--out", required=True)
     init.set_defaults(func=_init)
 
-    convert = sub.add_parser("convert", help="official checkpoint files -> our format")
-    convert.add_argument("--preset", default="bubogpt-7b")
-    convert.add_argument("--eva-vit-g", required=True, help="eva_vit_g.pth")
-    convert.add_argument("--blip2", required=True, help="blip2_pretrained_flant5xxl.pth")
-    convert.add_argument("--imagebind", required=True, help="imagebind_huge.pth")
-    convert.add_argument("--bubogpt", required=True, help="bubogpt_7b.pth")
-    convert.add_argument("--vicuna", required=True, help="Vicuna-7B Hugging Face directory")
-    convert.add_argument("--out", required=True)
+    convert = sub.add_parser(
+        "convert", help="official checkpoint files -> our format",
+        description="The BuboGPT files (all five) into a new model directory, and/or the grounding files (RAM, "
+                    "Grounding DINO + its BERT directory, SAM) into its grounding/; the grounding files alone go "
+                    "into an existing model directory and replace its grounding/.",
+    )
+    convert.add_argument("--preset", default="bubogpt-7b", help="BuboGPT preset of the BuboGPT files")
+    files = convert.add_argument_group("BuboGPT files (together)")
+    files.add_argument("--eva-vit-g", help="eva_vit_g.pth")
+    files.add_argument("--blip2", help="blip2_pretrained_flant5xxl.pth")
+    files.add_argument("--imagebind", help="imagebind_huge.pth")
+    files.add_argument("--bubogpt", help="bubogpt_7b.pth")
+    files.add_argument("--vicuna", help="Vicuna-7B Hugging Face directory")
+    ground = convert.add_argument_group("grounding files (together)")
+    ground.add_argument("--sam", help="sam_vit_h_4b8939.pth")
+    ground.add_argument("--groundingdino", help="groundingdino_swint_ogc.pth")
+    ground.add_argument("--bert", help="bert-base-uncased directory (config.json, vocab.txt): the detector's text encoder")
+    ground.add_argument("--ram", help="ram_swin_large_14m.pth")
+    ground.add_argument("--ram-tag-list", help="RAM's ram_tag_list.txt (not in the checkpoint; the tiny preset has its own)")
+    ground.add_argument("--ram-thresholds", help="RAM's ram_tag_list_threshold.txt (per-tag thresholds)")
+    ground.add_argument("--grounding-preset",
+                        help="grounding network sizes, official or tiny (default: the ones of the model's preset)")
+    convert.add_argument("--out", required=True, help="model directory to write (grounding alone: an existing one)")
     convert.add_argument("--copy-llm", action="store_true", help="copy the Vicuna directory instead of linking it")
     convert.add_argument("--allow-pickle", action="store_true", help="unpickle files that weights_only loading refuses")
     convert.set_defaults(func=_convert)

@@ -63,3 +63,20 @@ def test_a_missing_file_part_is_named(tmp_path, official_files):
     torch.save(broken, tmp_path / "imagebind.pth")
     with pytest.raises(CheckpointError, match="modality_trunks.audio.blocks.0.norm_1.weight"):
         convert_official(tmp_path / "model", "nano", vicuna_dir=default_model_dir() / "llm", **{**paths, "imagebind": tmp_path / "imagebind.pth"})
+
+
+def test_bubogpt_and_grounding_files_together(tmp_path, official_files):
+    from bubogpt.grounding.pipeline import load_grounding
+    from test_grounding_convert import assert_holds_the_official_tensors, write_official_grounding_files
+
+    paths, _ = official_files
+    grounding, states = write_official_grounding_files(tmp_path / "grounding_files")
+    out = convert_official(tmp_path / "model", "nano", vicuna_dir=default_model_dir() / "llm", grounding=grounding, **paths)
+    assert_holds_the_official_tensors(load_grounding(out), states)
+    load_model(out)
+    # a bad grounding file stops the conversion before anything is written
+    torch.save({}, tmp_path / "empty.pth")
+    broken = type(grounding)(**{**grounding.__dict__, "sam": tmp_path / "empty.pth"})
+    with pytest.raises(CheckpointError, match=r"image_encoder\.patch_embed\.proj\.weight <- official key"):
+        convert_official(tmp_path / "model2", "nano", vicuna_dir=default_model_dir() / "llm", grounding=broken, **paths)
+    assert not (tmp_path / "model2").exists()

@@ -53,6 +53,9 @@ GROUNDING_PRESETS = {
     "official": GroundingConfig(),
     "tiny": GroundingConfig(tagger="tiny", detector="tiny", segmenter="tiny", hole_area=20),
 }
+# The grounding preset that goes with each BuboGPT preset (bubogpt.config.PRESETS): `bubo info`
+# lists it beside the preset's networks, `bubo convert` builds it unless told otherwise.
+GROUNDING_PRESET_OF = {"bubogpt-7b": "official", "nano": "tiny"}
 
 
 @dataclass
@@ -256,7 +259,8 @@ def _load_tensors(module: torch.nn.Module, path: Path) -> None:
     module.load_state_dict(state, strict=True)
 
 
-def save_grounding(pipeline: GroundingPipeline, model_dir: str | Path) -> Path:
+def save_grounding(pipeline: GroundingPipeline, model_dir: str | Path, provenance: dict | None = None) -> Path:
+    """Writes grounding.json and the four tensor files; the text encoder directory is the caller's."""
     out = Path(model_dir) / GROUNDING_DIR
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -265,6 +269,8 @@ def save_grounding(pipeline: GroundingPipeline, model_dir: str | Path) -> Path:
         "thresholds": [float(t) for t in pipeline.thresholds.tolist()],
         "deleted_tags": list(pipeline.deleted_tags),
     }
+    if provenance is not None:  # only then: random models' grounding.json stays as it was
+        manifest["provenance"] = provenance
     (out / "grounding.json").write_text(json.dumps(manifest, indent=2) + "\n")
     _save_tensors(pipeline.tagger, out / "tagger.safetensors")
     _save_tensors(pipeline.detector, out / "detector.safetensors")
