@@ -14,24 +14,28 @@ from pathlib import Path
 
 def _info(args: argparse.Namespace) -> int:
     from bubogpt.config import PRESETS, get_preset
-    from bubogpt.info import describe
+    from bubogpt.info import describe_preset
 
     if args.preset not in PRESETS:
         raise SystemExit(f"--preset: unknown preset {args.preset!r}; choose from {', '.join(sorted(PRESETS))}")
     cfg = get_preset(args.preset)
-    rows = describe(cfg)
+    rows = describe_preset(cfg)
+    total = sum(r["params"] for r in rows)
     if args.json:
-        print(json.dumps({"preset": cfg.name, "components": rows, "total_params": sum(r["params"] for r in rows)}, indent=2))
+        print(json.dumps({"preset": cfg.name, "components": rows, "total_params": total}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"BuboGPT preset {cfg.name}")
-    for column in ("component", "params", "input", "output"):
+    notes = [f"* {r['component']}: the official model has {r['official_params']:,}; {r['not_built']}"
+             for r in rows if r["official_params"] != r["params"]]
+    table = Table(title=f"BuboGPT preset {cfg.name}", caption="\n".join(notes) or None, caption_justify="left")
+    for column in ("component", "network", "params", "input", "output"):
         table.add_column(column, justify="right" if column == "params" else "left")
     for row in rows:
-        table.add_row(row["component"], f"{row['params']:,}", str(row["input"]), str(row["output"]))
-    table.add_row("total", f"{sum(r['params'] for r in rows):,}", "", "")
+        params = f"{row['params']:,}" + (" *" if row["official_params"] != row["params"] else "")
+        table.add_row(row["component"], row["network"], params, str(row["input"]), str(row["output"]))
+    table.add_row("total", "", f"{total:,}", "", "")
     Console().print(table)
     return 0
 
@@ -121,7 +125,7 @@ def _reference(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    info = sub.add_parser("info", help="parameter counts and shapes per component")
+    info = sub.add_parser("info", help="parameter counts and shapes per network (the model and its grounding)")
     info.add_argument("--preset", default="nano")
     info.add_argument("--json", action="store_true", help="print JSON to stdout")
     info.set_defaults(func=_info)
