@@ -36,10 +36,9 @@ import grpc
 from benchmarks.inputs import BenchRequest, grounding_pair_requests, level_requests, requests_per_level, warmup_requests
 from benchmarks.memory import MemorySampler
 from benchmarks.request_stats import RequestRecord, fmt, summarize
-from serving.client import chat_request
+from serving.client import CHANNEL_OPTIONS, chat_request, grpc_target
 from serving.proto import bubo_pb2_grpc
 
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32)
 
 
@@ -143,7 +142,8 @@ async def run_sweep_async(
         "max_requests": max_requests, "time_cap_s": time_cap_s, "max_new_tokens": max_new_tokens, "seed": seed,
         "ground": ground, "ground_levels": ground_levels, "grounding_effect_requests": grounding_effect_requests,
         "server_pid": server_pid}}
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    # the clients' own channel settings; "host:port,host:port" spreads the load over several frontends
+    async with grpc.aio.insecure_channel(grpc_target(address), options=CHANNEL_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), 60)
         stub = bubo_pb2_grpc.BuboStub(channel)
         if sampler:

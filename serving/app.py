@@ -58,6 +58,10 @@ class ServeOptions:
     # reliability: restart Triton / the LLM engine when they fail; seconds in-flight streams get on SIGTERM
     supervise: bool = True
     drain_grace_s: float = 30.0
+    # tiers this frontend uses instead of starting them (issue 16): a running Triton's gRPC HOST:PORT,
+    # running LLM servers' URLs (`bubo llm-server`, stock vLLM)
+    triton_url: str | None = None
+    llm_urls: tuple[str, ...] = ()
 
 
 def free_port() -> int:
@@ -119,12 +123,13 @@ class Stack:
     async def start(self) -> "Stack":
         from bubogpt.weights import llm_dir, read_config
         from serving.encoders import TritonEncoders
-        from serving.grounding_client import make_grounder
+        from serving.grounding_client import TritonGrounder, make_grounder
         from serving.llm_engine import VLLMEngine, create_engine
         from serving.prometheus import ServerMetrics
+        from serving.remote_llm import RemoteLLMEngine
         from serving.server import BuboService, Limits, start_server
-        from serving.supervisor import EngineWatch, Part, Supervisor, TritonWatch
-        from serving.triton_client import TritonClient, triton_part
+        from serving.supervisor import EngineWatch, Part, RemoteLLMWatch, RemoteTritonWatch, Supervisor, TritonWatch
+        from serving.triton_client import TritonClient, check_repository, triton_part
 
         options = self.options
         if options.weights is None:
@@ -142,30 +147,47 @@ class Stack:
                 raise SystemExit("TLS needs both --tls-cert and --tls-key")
             tls = (Path(options.tls_cert).read_bytes(), Path(options.tls_key).read_bytes())
         started = time.perf_counter()
-        repository = await asyncio.to_thread(ensure_repository, model_dir, options)
+        repository = None if options.triton_url else await asyncio.to_thread(ensure_repository, model_dir, options)
         self.startup_s = {"repository": time.perf_counter() - started}
-        engine_kwargs = {"kv_cache_gib": options.kv_cache_gib} if options.llm_engine == "vllm" else {}
-        self.engine = create_engine(options.llm_engine, llm_dir(model_dir), cfg.vision_qformer.num_queries, **engine_kwargs)
+        if options.llm_urls:
+            self.engine = RemoteLLMEngine(llm_dir(model_dir), options.llm_urls, cfg.vision_qformer.num_queries)
+        else:
+            engine_kwargs = {"kv_cache_gib": options.kv_cache_gib} if options.llm_engine == "vllm" else {}
+            self.engine = create_engine(options.llm_engine, llm_dir(model_dir), cfg.vision_qformer.num_queries, **engine_kwargs)
         if isinstance(self.engine, VLLMEngine) and options.supervise:
             self.engine.restart_on_failure = False  # the supervisor restarts it, with backoff
         try:
             # Triton and the LLM engine start in parallel: both take seconds
-            async def timed(name: str, work) -> None:
+            async def timed(name: str, work):
                 begin = time.perf_counter()
-                await work
+                result = await work
                 self.startup_s[name] = time.perf_counter() - begin
+                return result
 
-            await asyncio.gather(timed("Triton", asyncio.to_thread(self._start_triton, repository)),
-                                 timed("LLM engine", self.engine.start()))
+            self.parts = {"triton": triton_part(), "llm": Part("llm", "the LLM engine")}
+            if options.triton_url:  # a Triton of its own operator: check it serves this model, start nothing
+                self.triton_client = TritonClient(options.triton_url, part=self.parts["triton"])
+                triton_start = check_repository(self.triton_client, cfg.vision_qformer.num_queries, self.engine.llm_cfg.hidden)
+            else:
+                triton_start = asyncio.to_thread(self._start_triton, repository)
+            results = await asyncio.gather(timed("Triton", triton_start), timed("LLM engine", self.engine.start()))
             frontend_start = time.perf_counter()
             metrics = ServerMetrics()
-            self.parts = {"triton": triton_part(), "llm": Part("llm", "the LLM engine")}
-            self.triton_client = TritonClient(self.triton.url_grpc, part=self.parts["triton"])
+            if isinstance(self.engine, RemoteLLMEngine):
+                self.engine.metrics = metrics
+            if options.triton_url:
+                ensembles = results[0]
+                grounder = TritonGrounder(self.triton_client) if options.grounding and "grounding" in ensembles else None
+                if options.grounding and grounder is None:
+                    log.warning("the Triton at %s has no grounding model: grounding is off", options.triton_url)
+            else:
+                self.triton_client = TritonClient(self.triton.url_grpc, part=self.parts["triton"])
+                ensembles = tuple(name for name in ("image_embed", "audio_embed", "grounding") if (repository / name / "config.pbtxt").is_file())
+                grounder = make_grounder(self.triton_client, repository) if options.grounding else None
             metrics.triton_calls.set_function(lambda: self.triton_client.in_flight if self.triton_client else 0)
             self.encoders = TritonEncoders(
                 self.triton_client, version_check_s=float(options.repository_poll_s) if options.repository_poll_s else None
             )
-            grounder = make_grounder(self.triton_client, repository) if options.grounding else None
             if options.metrics_port:
                 metrics.serve(options.metrics_port, options.host)
             self.service = BuboService(self.encoders, self.engine, grounder=grounder, matcher=self._matcher(),
@@ -175,15 +197,20 @@ class Stack:
             self.port = self.server.bound_port
             if options.http_port:
                 from serving.http_api import start_http
+                from serving.llm_server import served_model_name
 
-                self.http = await start_http(self.service, options.http_port, options.host, model_id=f"bubogpt-{cfg.name}",
+                self.http = await start_http(self.service, options.http_port, options.host, model_id=served_model_name(cfg.name),
                                              api_key=options.api_key, ssl_context=self._ssl_context())
                 self.http_port = self.http.bound_port
             if options.supervise:
-                ensembles = tuple(name for name in ("image_embed", "audio_embed", "grounding") if (repository / name / "config.pbtxt").is_file())
-                watched = [TritonWatch(self.triton, self.parts["triton"], models=ensembles)]
+                if self.triton is not None:
+                    watched = [TritonWatch(self.triton, self.parts["triton"], models=ensembles)]
+                else:
+                    watched = [RemoteTritonWatch(self.triton_client, self.parts["triton"], models=ensembles)]
                 if isinstance(self.engine, VLLMEngine):
                     watched.append(EngineWatch(self.engine, self.parts["llm"]))
+                elif isinstance(self.engine, RemoteLLMEngine):
+                    watched.append(RemoteLLMWatch(self.engine, self.parts["llm"]))
                 self.supervisor = Supervisor(watched, metrics=metrics, on_change=self.server.health.refresh)
                 self.supervisor.start()
             self.startup_s["frontend"] = time.perf_counter() - frontend_start
@@ -234,19 +261,30 @@ class Stack:
         raise ValueError(f"matcher must be auto, rule or llm, got {kind!r}")
 
     def banner(self) -> str:
+        from serving.llm_server import served_model_name
+
         o, t = self.options, self.triton
         security = ("TLS" if o.tls_cert else "plaintext") + (", token required" if o.api_key else ", no token")
         return (
             f"BuboGPT ({self.config.name}) serving on {o.host}:{self.port} (gRPC bubo.v1.Bubo; {security})\n"
             + (f"  HTTP: {'https' if o.tls_cert else 'http'}://{o.host}:{self.http_port}/ (the web page), "
-               f"/v1/chat/completions (OpenAI-compatible, model bubogpt-{self.config.name})\n" if self.http else "")
-            + f"  Triton: gRPC {t.url_grpc}, HTTP {t.url_http}, metrics {t.host}:{t.ports.metrics}\n"
-            f"  LLM engine: {o.llm_engine}"
+               f"/v1/chat/completions (OpenAI-compatible, model {served_model_name(self.config.name)})\n" if self.http else "")
+            + (f"  Triton: gRPC {t.url_grpc}, HTTP {t.url_http}, metrics {t.host}:{t.ports.metrics}\n" if t else
+               f"  Triton: {o.triton_url} (remote; not started here)\n")
+            + (f"  LLM engine: {o.llm_engine}" if not o.llm_urls else
+               f"  LLM: {', '.join(s.url for s in self.engine.servers)} (remote vLLM servers, least-loaded; not started here)")
             + (f"\n  metrics: http://{o.host}:{o.metrics_port}/metrics" if o.metrics_port else "")
             + ("\n  grounding: on" if self.service.grounder else "\n  grounding: off (no grounding models in the repository)")
-            + ("\n  supervision: Triton and the LLM engine are restarted when they fail" if self.supervisor else "")
+            + (f"\n  supervision: {self._supervision()}" if self.supervisor else "")
             + self._startup_line()
         )
+
+    def _supervision(self) -> str:
+        started = [name for name, here in (("Triton", self.triton is not None), ("the LLM engine", not self.options.llm_urls)) if here]
+        said = " and ".join(started) + (" are" if len(started) > 1 else " is") + " restarted when they fail" if started else ""
+        remote = [name for name, there in (("Triton", self.triton is None), ("the LLM servers", bool(self.options.llm_urls))) if there]
+        told = "health follows " + " and ".join(remote) if remote else ""
+        return "; ".join(x for x in (said, told) if x)
 
     def _startup_line(self) -> str:
         times = self.startup_s

@@ -4,6 +4,9 @@ entities and writes the mask overlay."""
 from __future__ import annotations
 
 import collections
+import json
+import logging
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,14 +16,49 @@ import grpc
 from serving.auth import api_key_from
 from serving.proto import bubo_pb2, bubo_pb2_grpc
 
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+log = logging.getLogger(__name__)
+
+# Clients survive the loss of a frontend: calls spread over every address given (round robin), and a call
+# that fails with UNAVAILABLE before its first answer (a frontend gone or draining) is sent again, to the
+# next one, by gRPC itself. A stream cut after its first answer is resumed by `chat_events` below.
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": "bubo.v1.Bubo"}],
+        "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s", "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+}
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
+                   ("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+                   # a restarted frontend is found again within a second, not after gRPC's default backoff
+                   ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
+def grpc_target(address: str) -> str:
+    """`host:port` as is; `host:port,host:port,...` (several frontends) as one `ipv4:`/`ipv6:` target of
+    every address the names resolve to, which gRPC's round-robin balancer spreads calls over. A gRPC
+    target with a scheme (`dns:///frontend:50051`, `ipv4:...`) is passed through."""
+    if "," not in address or ":/" in address or address.startswith(("ipv4:", "ipv6:", "unix:")):
+        return address
+    resolved: list[str] = []
+    for part in address.split(","):
+        host, _, port = part.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--server: {part.strip()!r} is not HOST:PORT")
+        for family, _, _, _, sockaddr in socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM):
+            item = f"[{sockaddr[0]}]:{sockaddr[1]}" if family == socket.AF_INET6 else f"{sockaddr[0]}:{sockaddr[1]}"
+            if item not in resolved:
+                resolved.append(item)
+    scheme = "ipv6" if resolved and all(r.startswith("[") for r in resolved) else "ipv4"
+    return f"{scheme}:" + ",".join(r for r in resolved if r.startswith("[") == (scheme == "ipv6"))
 
 
 @dataclass(frozen=True)
 class Endpoint:
     """Where a `bubo serve` listens and how to reach it."""
 
-    address: str = "127.0.0.1:50051"
+    address: str = "127.0.0.1:50051"  # or several frontends: "host:port,host:port"
     tls: bool = False  # TLS, trusting the system's roots (or `tls_ca`)
     tls_ca: str | None = None  # PEM file of the CA that signed the server's certificate (implies TLS)
     api_key: str | None = None  # the server's token; default: $BUBO_API_KEY
@@ -28,9 +66,10 @@ class Endpoint:
     def channel(self) -> grpc.Channel:
         if self.tls or self.tls_ca:
             roots = Path(self.tls_ca).read_bytes() if self.tls_ca else None
-            channel = grpc.secure_channel(self.address, grpc.ssl_channel_credentials(root_certificates=roots), CHANNEL_OPTIONS)
+            channel = grpc.secure_channel(grpc_target(self.address), grpc.ssl_channel_credentials(root_certificates=roots),
+                                          CHANNEL_OPTIONS)
         else:
-            channel = grpc.insecure_channel(self.address, CHANNEL_OPTIONS)
+            channel = grpc.insecure_channel(grpc_target(self.address), CHANNEL_OPTIONS)
         key = api_key_from(self.api_key)
         return grpc.intercept_channel(channel, _Bearer(key)) if key else channel
 
@@ -82,6 +121,57 @@ def chat_request(text: str, image: bytes = b"", audio: bytes = b"", history: lis
     return bubo_pb2.ChatRequest(turns=turns, image=image, audio=audio, sampling=sampling, ground=ground)
 
 
+RESUMABLE = (grpc.StatusCode.UNAVAILABLE,)
+
+
+class ResumeMismatch(RuntimeError):
+    """A resumed stream did not repeat what the cut one had delivered."""
+
+
+def chat_events(stub, request, timeout: float | None = None, max_resumes: int = 3):
+    """The events of one Chat, surviving the loss of the frontend that serves it.
+
+    A stream cut with UNAVAILABLE after it began (its frontend was killed, its LLM server died) is
+    asked again, of any frontend; a greedy answer (temperature 0) is the same token for token, so
+    what was already delivered is skipped and the caller sees one stream, without repeats. If the
+    new stream does not start with what was delivered, the call fails (nothing is made up). Sampled
+    answers (temperature > 0 without a seed) cannot be resumed: their error is raised."""
+    delivered_text, delivered_ids, entities = "", [], set()
+    deterministic = request.sampling.temperature == 0 or request.sampling.HasField("seed")
+    resumes = 0
+    while True:
+        skip_text, skip_ids = delivered_text, list(delivered_ids)
+        try:
+            for event in stub.Chat(request, timeout=timeout):
+                kind = event.WhichOneof("event")
+                if kind == "delta":
+                    text, ids = event.delta.text, list(event.delta.token_ids)
+                    if skip_text or skip_ids:  # the part of the answer the caller has already
+                        n, m = min(len(text), len(skip_text)), min(len(ids), len(skip_ids))
+                        if text[:n] != skip_text[:n] or ids[:m] != skip_ids[:m]:
+                            raise ResumeMismatch("the resumed answer differs from the one delivered before the stream was cut")
+                        text, ids, skip_text, skip_ids = text[n:], ids[m:], skip_text[n:], skip_ids[m:]
+                        if not (text or ids):
+                            continue
+                        event = bubo_pb2.ChatEvent(delta=bubo_pb2.TextDelta(text=text, token_ids=ids))
+                    delivered_text += text
+                    delivered_ids += ids
+                elif kind == "entity":
+                    key = (event.entity.start, event.entity.end, event.entity.index)
+                    if key in entities:
+                        continue
+                    entities.add(key)
+                yield event
+            return
+        except grpc.RpcError as exc:
+            began = bool(delivered_text or delivered_ids or entities)
+            if exc.code() not in RESUMABLE or not began or not deterministic or resumes >= max_resumes:
+                raise
+            resumes += 1
+            log.warning("the answer's stream was cut (%s: %s); resuming it (%d of %d)", exc.code().name, exc.details(),
+                        resumes, max_resumes)
+
+
 def collect(events, on_delta=None, on_entity=None) -> ChatResult:
     result = ChatResult()
     for event in events:
@@ -128,15 +218,18 @@ def main_chat(server: str | Endpoint, text: str, image: str | None, audio: str |
         write = lambda t: (sys.stdout.write(t), sys.stdout.flush())  # noqa: E731
         try:
             try:
-                result = collect(stub.Chat(request), on_delta=write, on_entity=entity_marker(write))
+                result = collect(chat_events(stub, request), on_delta=write, on_entity=entity_marker(write))
             except grpc.RpcError as exc:
                 if not (exc.code() == grpc.StatusCode.FAILED_PRECONDITION and exc.details().startswith("ground:")):
                     raise
                 print(f"(grounding unavailable: {exc.details()}; answering without it)", file=sys.stderr)
                 request.ground = False
-                result = collect(stub.Chat(request), on_delta=write)
+                result = collect(chat_events(stub, request), on_delta=write)
         except grpc.RpcError as exc:
             print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        except ResumeMismatch as exc:
+            print(f"\nerror: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:  # leaving the channel cancels the call; the server aborts the generation
             print("\n(cancelled)", file=sys.stderr)
@@ -184,17 +277,20 @@ def interactive_chat(server: str | Endpoint, image: str | None, audio: str | Non
                                    max_new_tokens=max_new_tokens, temperature=temperature)
             write("assistant: ")
             try:
-                result = collect(stub.Chat(request), on_delta=write, on_entity=entity_marker(write))
+                result = collect(chat_events(stub, request), on_delta=write, on_entity=entity_marker(write))
             except KeyboardInterrupt:
                 print("\n(cancelled)", file=sys.stderr)
                 continue
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and exc.details().startswith("ground:"):
                     ground = request.ground = False
-                    result = collect(stub.Chat(request), on_delta=write)
+                    result = collect(chat_events(stub, request), on_delta=write)
                 else:
                     print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
                     continue
+            except ResumeMismatch as exc:
+                print(f"\nerror: {exc}", file=sys.stderr)
+                continue
             write("\n")
             for e in result.entities:
                 print(f"  [{e.index}] {e.phrase!r} -> {e.label} ({e.score:.2f}) box {e.box.x0:.0f},{e.box.y0:.0f},{e.box.x1:.0f},{e.box.y1:.0f}")

@@ -1,4 +1,4 @@
-"""The serving layer's subcommands: `bubo serve`, `bubo chat`, `bubo ground`, `bubo triton`.
+"""The serving layer's subcommands: `bubo serve`, `bubo chat`, `bubo ground`, `bubo triton`, `bubo llm-server`.
 
 Registered by the `bubo` command (bubo_cli/main.py); each imports its modules when it runs.
 """
@@ -16,7 +16,7 @@ def _triton(args: argparse.Namespace) -> int:
 
     from serving.triton import TritonPorts, TritonServer
 
-    server = TritonServer(args.model_repository, TritonPorts(args.http_port, args.grpc_port, args.metrics_port), log_path=args.log,
+    server = TritonServer(args.model_repository, TritonPorts(args.http_port, args.grpc_port, args.metrics_port), log_path=args.log_file or "-",
                           host=args.host)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -31,6 +31,17 @@ def _triton(args: argparse.Namespace) -> int:
     return 0
 
 
+def _llm_server(args: argparse.Namespace) -> int:
+    from serving.llm_server import LLMServerOptions, run
+
+    if args.weights and not (Path(args.weights) / "bubogpt.json").is_file():
+        raise SystemExit(f"--weights: {args.weights} is not a model directory (no bubogpt.json; see `bubo convert`)")
+    options = LLMServerOptions(weights=Path(args.weights) if args.weights else None, host=args.host, port=args.port,
+                               device=args.device, kv_cache_gib=args.kv_cache_gib, max_num_seqs=args.max_num_seqs,
+                               served_model_name=args.served_model_name)
+    return run(options, print_args=args.print_args)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -41,6 +52,15 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"--weights: {args.weights} is not a model directory (no bubogpt.json; see `bubo convert`)")
     if args.model_repository and not Path(args.model_repository).is_dir():
         raise SystemExit(f"--model-repository: {args.model_repository}: no such directory")
+    if args.triton_url and args.model_repository:
+        raise SystemExit("--triton-url and --model-repository exclude each other: the remote Triton serves its own repository")
+    if args.llm_url and args.llm_engine != "vllm":
+        raise SystemExit("--llm-url and --llm-engine exclude each other: the remote LLM servers are vLLM")
+    for url in args.llm_url or ():
+        if not url.strip() or " " in url.strip():
+            raise SystemExit(f"--llm-url: {url!r} is not a URL (e.g. http://llm-0:8000)")
+    if args.triton_url and ":" not in args.triton_url:
+        raise SystemExit(f"--triton-url: {args.triton_url!r} is not HOST:PORT (Triton's gRPC port, e.g. triton:8001)")
     options = ServeOptions(
         weights=Path(args.weights) if args.weights else None, preset=args.preset, port=args.port, host=args.host,
         http_port=args.http_port, incremental_entities=args.incremental_entities,
@@ -50,6 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         repository_poll_s=args.repository_poll_secs, triton_host=args.triton_host,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,
         api_key=api_key_from(args.api_key), drain_grace_s=args.drain_grace_s,
+        triton_url=args.triton_url, llm_urls=tuple(args.llm_url or ()),
         **({"cache_dir": Path(args.cache_dir)} if args.cache_dir else {}),
     )
     for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
@@ -169,7 +190,7 @@ def register(sub) -> None:
     triton.add_argument("--http-port", type=int, default=8000)
     triton.add_argument("--grpc-port", type=int, default=8001)
     triton.add_argument("--metrics-port", type=int, default=8002)
-    triton.add_argument("--log", help="file for Triton's own log")
+    triton.add_argument("--log-file", help="file for Triton's own log (default: standard output)")
     triton.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     triton.set_defaults(func=_triton)
 
@@ -200,7 +221,22 @@ def register(sub) -> None:
     serve.add_argument("--cache-dir", help="where exported repositories and Triton's log go (default ~/.cache/bubogpt)")
     serve.add_argument("--drain-grace-secs", dest="drain_grace_s", type=float, default=30.0,
                        help="on SIGTERM, how long in-flight streams may take to finish")
+    serve.add_argument("--triton-url", help="use this running Triton (its gRPC HOST:PORT, e.g. `bubo triton`) instead of starting one")
+    serve.add_argument("--llm-url", action="append",
+                       help="use this running LLM server (`bubo llm-server`, e.g. http://llm-0:8000) instead of the in-process "
+                            "engine; repeat for several (least-loaded, a dead one is skipped and retried)")
     serve.set_defaults(func=_serve)
+
+    llm = sub.add_parser("llm-server", help="run the LLM tier: vLLM's own OpenAI-compatible server with the BuboGPT plugin")
+    llm.add_argument("--weights", help="model directory in our format (default: the built-in nano model)")
+    llm.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    llm.add_argument("--port", type=int, default=8000)
+    llm.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    llm.add_argument("--kv-cache-gib", type=float, default=1.0, help="CPU: the KV cache size")
+    llm.add_argument("--max-num-seqs", type=int, default=64)
+    llm.add_argument("--served-model-name", help="default: bubogpt-<preset>")
+    llm.add_argument("--print-args", action="store_true", help="print the vLLM command and environment instead of running it")
+    llm.set_defaults(func=_llm_server)
 
     chat = sub.add_parser("chat", help="ask a running server; streams the answer, lists grounded entities")
     chat.add_argument("text", nargs="?")

@@ -24,6 +24,10 @@ class ServerMetrics:
         self.restarts = Counter("bubo_part_restarts", "restarts of a part by the frontend's supervisor", ["part"], registry=r)
         self.triton_calls = Gauge("bubo_triton_calls_in_flight",
                                   "Triton calls not answered yet, including those of requests that went away", registry=r)
+        # the remote LLM tier (`--llm-url`): what crosses the network per request, by direction
+        self.llm_wire_bytes = Counter("bubo_llm_tier_bytes", "bytes sent to / received from the LLM servers", ["direction"],
+                                      registry=r)
+        self.llm_requests = Counter("bubo_llm_tier_requests", "requests sent to the LLM servers, by server", ["server"], registry=r)
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()

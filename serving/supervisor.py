@@ -305,3 +305,50 @@ class EngineWatch:
 
     async def restart(self) -> None:
         await self.engine.restart()
+
+
+class RemoteTritonWatch:
+    """A Triton the frontend did not start (`--triton-url`): readiness only. Restarting it is its
+    operator's job (Kubernetes), so this watch only says the truth about it."""
+
+    restartable = False
+
+    def __init__(self, client, part: Part, models: tuple[str, ...], probe_timeout_s: float = 2.0):
+        self.client = client  # serving.triton_client.TritonClient
+        self.part = part
+        self.models = models
+        self.probe_timeout_s = probe_timeout_s
+
+    async def probe(self) -> Problem | None:
+        client, timeout = self.client.client, self.probe_timeout_s
+        try:
+            if not await client.is_server_ready(client_timeout=timeout):
+                return Problem(f"Triton at {self.client.url} is not ready", fatal=False)
+            for model in self.models:
+                if not await client.is_model_ready(model, client_timeout=timeout):
+                    return Problem(f"Triton at {self.client.url}: {model} is not ready", fatal=False)
+        except Exception as exc:  # noqa: BLE001 - unreachable, timed out: all the same to health
+            return Problem(f"Triton at {self.client.url} does not answer ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+                           fatal=False)
+        return None
+
+    async def restart(self) -> None:  # pragma: no cover - restartable is False
+        raise RuntimeError("a remote Triton is not restarted by the frontend")
+
+
+class RemoteLLMWatch:
+    """The remote LLM tier (`--llm-url`): probes each server's /health; down while none answers."""
+
+    restartable = False
+
+    def __init__(self, engine, part: Part):
+        self.engine = engine  # serving.remote_llm.RemoteLLMEngine
+        self.part = part
+
+    async def probe(self) -> Problem | None:
+        await self.engine.check_health()
+        problem = self.engine.problem()
+        return None if problem is None else Problem(problem, fatal=False)
+
+    async def restart(self) -> None:  # pragma: no cover - restartable is False
+        raise RuntimeError("a remote LLM server is not restarted by the frontend")

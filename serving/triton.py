@@ -50,7 +50,9 @@ class TritonServer:
         if not self.model_repository.is_dir():
             raise FileNotFoundError(f"model repository {self.model_repository} does not exist (run `bubo export`)")
         self.ports = ports
-        self.log_path = Path(log_path) if log_path else None
+        # "-": Triton writes to our own standard output (`bubo triton` in a container: the pod's log)
+        self.log_to_stdout = log_path == "-"
+        self.log_path = Path(log_path) if log_path and not self.log_to_stdout else None
         self.extra_args = extra_args or []
         # poll: new model versions written into the repository (`bubo export --update`) are loaded
         # while serving, without a restart
@@ -106,7 +108,8 @@ class TritonServer:
             self._log_handle = open(self.log_path, "ab")
         # own process group: stop() signals Triton and its python-backend stubs together
         self.process = subprocess.Popen(
-            command, env=env, stdout=self._log_handle or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+            command, env=env, stdout=None if self.log_to_stdout else (self._log_handle or subprocess.DEVNULL), stderr=subprocess.STDOUT,
+            start_new_session=True
         )
         try:
             self.wait_ready(timeout)

@@ -122,3 +122,44 @@ def classify(exc, model: str, fields: dict[str, str]) -> Exception:
     if status in TRANSIENT or any(sign in message for sign in ("failed to connect", "Socket closed", UNHEALTHY_STUB)):
         return PartUnavailable("triton", f"Triton could not run {model}: {message}")
     return PartFailed("triton", f"Triton's {model} failed: {message}")
+
+
+REQUIRED_ENSEMBLES = ("image_embed", "audio_embed")
+
+
+async def check_repository(client: TritonClient, num_queries: int, hidden: int, timeout_s: float = 300.0) -> tuple[str, ...]:
+    """For a Triton the frontend did not start (`--triton-url`): waits until it is ready, then checks
+    that it serves what this model needs: both embedding ensembles READY, each answering EMBEDS of
+    [num_queries, hidden]. Returns the ensembles it serves (with `grounding` when it has that model).
+    A mismatch is a SystemExit naming the model and both shapes: the frontend must not start on
+    encoders of another model."""
+    import time
+
+    from tritonclient.utils import InferenceServerException
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if await client.client.is_server_ready(client_timeout=5.0):
+                break
+            reason = "not ready yet"
+        except InferenceServerException as exc:
+            reason = exc.message() or str(exc)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"--triton-url: {client.url} did not become ready within {timeout_s:.0f} s ({reason})")
+        await asyncio.sleep(1.0)
+    index = await client.client.get_model_repository_index(as_json=True, client_timeout=10.0)
+    ready = {m["name"]: m.get("version", "") for m in index.get("models", []) if m.get("state") == "READY"}
+    missing = [name for name in REQUIRED_ENSEMBLES if name not in ready]
+    if missing:
+        raise SystemExit(f"--triton-url: {client.url} does not serve {', '.join(missing)} "
+                         f"(ready: {', '.join(sorted(ready)) or 'nothing'}); export this model's repository with `bubo export`")
+    for name in REQUIRED_ENSEMBLES:
+        config = (await client.client.get_model_config(name, as_json=True, client_timeout=10.0)).get("config", {})
+        dims = next(([int(d) for d in o.get("dims", [])] for o in config.get("output", []) if o.get("name") == "EMBEDS"), None)
+        if dims != [num_queries, hidden]:
+            raise SystemExit(f"--triton-url: {client.url}'s {name} (version {ready[name] or '?'}) answers EMBEDS of {dims}, "
+                             f"this model needs [{num_queries}, {hidden}]: the repository belongs to another model")
+    served = REQUIRED_ENSEMBLES + (("grounding",) if "grounding" in ready else ())
+    log.info("remote Triton %s serves %s", client.url, ", ".join(f"{n} v{ready[n]}" for n in served))
+    return served

@@ -11,7 +11,8 @@ __all__ = ["make_audio_bytes", "make_image_bytes"]
 # Modules that start real parts (Triton, the vLLM engine, the gRPC frontend, `bubo serve`): marked
 # `stack`; every other test is `unit` (`pytest -m unit` is the quick inner loop).
 STACK_MODULES = {"test_server", "test_served_meaning", "test_reliability", "test_reexport", "test_benchmarks",
-                 "test_llm_engine", "test_vllm_mm_route", "test_triton", "test_http_api", "test_web"}
+                 "test_llm_engine", "test_vllm_mm_route", "test_triton", "test_http_api", "test_web",
+                 "test_split_topology"}
 
 
 def pytest_collection_modifyitems(config, items):
