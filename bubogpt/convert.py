@@ -168,8 +168,6 @@ def _ram_vocabulary(files: GroundingFiles, tagger: str, default_threshold: float
 def _check_text_encoder_dir(bert: Path, vocab_size: int) -> None:
     from bubogpt.grounding.grounding_dino.preprocessing import load_tokenizer, special_token_ids
 
-    if not bert.is_dir():
-        raise NotADirectoryError(f"{bert}: not a directory (give the bert-base-uncased directory: config.json, vocab.txt)")
     tokenizer = load_tokenizer(bert)
     try:
         special_token_ids(tokenizer)
@@ -198,6 +196,8 @@ def build_grounding_from_official(preset: str, files: GroundingFiles, allow_pick
     tags, thresholds = _ram_vocabulary(files, cfg.tagger, rcfg.default_threshold)
     rcfg = dataclasses.replace(rcfg, num_tags=len(tags))
     bert = Path(files.bert)
+    if not bert.is_dir():
+        raise NotADirectoryError(f"{bert}: not a directory (give the bert-base-uncased directory: config.json, vocab.txt)")
     try:
         dcfg = GDINO_PRESETS[cfg.detector].with_text_encoder_dir(bert)
     except ValueError as err:
@@ -205,8 +205,8 @@ def build_grounding_from_official(preset: str, files: GroundingFiles, allow_pick
     _check_text_encoder_dir(bert, dcfg.text.vocab_size)
     scfg = sam.SAM_PRESETS[cfg.segmenter]
 
-    # Built on CPU with their (cheap) random init rather than on meta: non-persistent buffers such
-    # as Swin's relative position index are computed in the constructors.
+    # Built on CPU (the random init costs seconds at full size) rather than on meta: non-persistent
+    # buffers such as Swin's relative position index are computed in the constructors.
     tagger = ram.RamTagger(rcfg)
     ram.load_ram_checkpoint(tagger, files.ram, allow_pickle=allow_pickle)
     detector = gdino.GroundingDino(dcfg)

@@ -8,7 +8,8 @@ Entity matching against the answer text lives in `matching/`; the server runs it
 is complete. This module is the PyTorch reference; serving runs the same networks exported to
 Triton and the same pre/post-processing functions (model_repository/grounding_*).
 
-Stored in a model directory as `grounding/`: `grounding.json` (presets, thresholds, tag list),
+Stored in a model directory as `grounding/`: `grounding.json` (presets, thresholds, tag list; for
+converted official files, their provenance: `bubogpt.convert`),
 `tagger.safetensors`, `detector.safetensors`, `text_encoder/` (the detector's BERT config + vocab),
 `segmenter_encoder.safetensors`, `segmenter_decoder.safetensors`.
 """
