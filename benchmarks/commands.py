@@ -3,6 +3,7 @@
     bubo bench --suite e2e --quick               # served stack vs baseline, minutes
     bubo bench --suite soak                      # 1000 mixed requests with faults (kills, SIGSTOP, cancels, garbage)
     bubo bench --suite entities                  # phrase -> mask: entities while the answer is written, or after it
+    bubo bench --suite split                     # the tiers as separate processes vs one `bubo serve`, same requests
     python -m benchmarks.commands --suite perf   # the same without the `bubo` entry point
 
 Registered by the `bubo` command (bubo_cli/main.py). Paths given on the command line are made
@@ -50,6 +51,15 @@ def _bench(args: argparse.Namespace) -> int:
         print((directory / "results.md").read_text())
         print(f"results: {directory}")
         return 0
+    if args.suite == "split":
+        from benchmarks.split_topology import main as main_split
+
+        argv = ["--out", args.out] + (["--cache-dir", args.cache_dir] if args.cache_dir else []) + (["--quick"] if args.quick else [])
+        if args.concurrency:
+            argv += ["--concurrency", ",".join(str(c) for c in args.concurrency)]
+        if args.time_cap_s:
+            argv += ["--time-cap", str(args.time_cap_s)]
+        return main_split(argv)
     if args.suite == "quick":  # the whole comparison with short settings: minutes on a CPU machine
         args.suite, args.quick = "all", True
     settings = SuiteSettings.quick() if args.quick else SuiteSettings()
@@ -72,9 +82,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     """Registers `bench` on an argparse subparsers object."""
     bench = subparsers.add_parser("bench", help="benchmarks: served stack vs baseline, Triton encoders (perf_analyzer)",
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.add_argument("--suite", choices=("quick", "e2e", "perf", "baseline", "all", "soak", "entities"), default="e2e",
+    bench.add_argument("--suite", choices=("quick", "e2e", "perf", "baseline", "all", "soak", "entities", "split"), default="e2e",
                        help="quick = all with --quick; soak = mixed load with faults (benchmarks/soak.py); "
-                            "entities = phrase -> mask latency (benchmarks/entity_stream.py)")
+                            "entities = phrase -> mask latency (benchmarks/entity_stream.py); "
+                            "split = separate tiers vs one process (benchmarks/split_topology.py)")
     bench.add_argument("--soak-requests", type=int, default=1000, help="soak: requests in the schedule")
     bench.add_argument("--soak-concurrency", type=int, default=16, help="soak: concurrent clients")
     bench.add_argument("--entity-images", type=int, help="entities: pictures per pass (default 16, --quick 4)")

@@ -223,6 +223,53 @@ def run_configuration(name: str, start, stop, address, frontends, sweep: dict, l
     return result
 
 
+def measure_remote_routes(llm_url: str) -> dict:
+    """What the remote tier's two request forms cost, on one LLM server: a chat about one image over
+    three turns (whole-prompt embeddings; bytes per request, TTFT, prefix-cache positions reused) and
+    the same chat without the image (token ids)."""
+    import asyncio
+    import json as json_module
+
+    from bubogpt.defaults import default_model_dir
+    from bubogpt.prompt import Turn
+    from bubogpt.reference import ReferencePipeline
+    from bubogpt.samples import make_image_bytes
+    from bubogpt.weights import llm_dir
+    from serving.llm_engine import ModalityEmbeds, SamplingOptions
+    from serving.remote_llm import RemoteLLMEngine
+
+    reference = ReferencePipeline.from_dir()
+    image = ModalityEmbeds("image", reference.embed_image(make_image_bytes(seed=7)))
+
+    async def run() -> dict:
+        engine = RemoteLLMEngine(llm_dir(default_model_dir()), [llm_url])
+        await engine.start()
+        rows = {}
+        try:
+            for form, modalities in (("image chat (prompt_embeds)", [image]), ("text chat (token ids)", [])):
+                # long enough that a turn's prompt fills whole KV blocks (128 positions on CPU): only full
+                # blocks are cached, so a shorter chat would show no reuse whatever the route
+                detail = " Describe every object, its colour, its size and where it is." * 8
+                turns = [Turn("user", ("What is in the picture?" if modalities else "Tell me about dogs.") + detail)]
+                turn_rows = []
+                for turn in range(3):
+                    sampling = SamplingOptions(max_new_tokens=24)
+                    body = engine.request_body(engine.prepare(turns, modalities, sampling), sampling)
+                    finished = None
+                    async for event in engine.generate(turns, modalities, sampling):
+                        finished = event
+                    turn_rows.append({"turn": turn + 1, "bytes": len(json_module.dumps(body)), "prompt_positions": finished.prompt_tokens,
+                                      "cached_positions": finished.cached_tokens,
+                                      "ttft_ms": 1e3 * finished.timings["first_token_s"]})
+                    turns = turns + [Turn("assistant", finished.text.strip() or "I see."), Turn("user", f"And what else ({turn})?")]
+                rows[form] = turn_rows
+        finally:
+            await engine.stop()
+        return rows
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
@@ -254,8 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     for llms, fronts in ((1, 1), (2, 2)):
         name = f"split: {llms} LLM server{'s' if llms > 1 else ''}, {fronts} frontend{'s' if fronts > 1 else ''}"
         topology = SplitTopology(Path(args.cache_dir), logs / f"split-{llms}x{fronts}", llm_servers=llms, frontends=fronts)
+
+        def stop(topology=topology, first=(llms == 1)) -> None:
+            if first:  # the remote tier's request forms, measured on the one LLM server before it stops
+                results["remote_routes"] = measure_remote_routes(f"http://127.0.0.1:{topology.llm_ports[0]}")
+            topology.stop()
+
         results["configurations"][name] = run_configuration(
-            name, lambda: topology.start(), lambda: topology.stop(), lambda: topology.addresses, lambda: topology.frontends, sweep, say)
+            name, topology.start, stop, lambda: topology.addresses, lambda: topology.frontends, sweep, say)
     (directory / "results.json").write_text(json.dumps(results, indent=2))
     (directory / "results.md").write_text(split_markdown(results))
     say(split_markdown(results))
@@ -284,6 +337,14 @@ def split_markdown(results: dict) -> str:
         per = result.get("llm_tier_bytes_per_request")
         cells.append(f"{per['sent'] / 1024:.1f} KiB / {per['received'] / 1024:.1f} KiB" if per else "0 (in process)")
         lines.append("| " + " | ".join(cells) + " |")
+    routes = results.get("remote_routes")
+    if routes:
+        lines += ["", "| remote request form | turn | bytes sent | prompt positions | served from the prefix cache | TTFT ms |",
+                  "|---|---|---|---|---|---|"]
+        for form, rows in routes.items():
+            for row in rows:
+                lines.append(f"| {form} | {row['turn']} | {row['bytes'] / 1024:.1f} KiB | {row['prompt_positions']} | "
+                             f"{row['cached_positions']} | {row['ttft_ms']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,7 @@ remote tier gives the same greedy tokens:
 * `--generation-config vllm`: the model directory's generation_config.json must not change sampling
   defaults behind the frontend's back (the frontend always sends temperature, top_p and seed);
 * `--enforce-eager` on CPU (see VLLMEngine._engine_args for the measurement);
-* `--seed 0`, prefix caching on, the model's full context.
+* `--seed 0`, prefix caching on (and reported per request), the model's full context.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def vllm_command(options: LLMServerOptions) -> tuple[list[str], dict[str, str]]:
         "--max-num-seqs", str(options.max_num_seqs),
         "--enable-prompt-embeds",
         "--enable-prefix-caching",
+        "--enable-prompt-tokens-details",  # usage says how much of the prompt the prefix cache served
         "--generation-config", "vllm",
         "--seed", "0",
     ]
