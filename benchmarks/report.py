@@ -26,6 +26,10 @@ TARGETS = {
     "frontend": ("frontend overhead: TTFT through gRPC <= 1.2x the engine's own TTFT (same prompt)", 1.2, "max"),
     "memory": ("whole nano stack under concurrency 16 within 4 GiB RAM", 1.0, "max"),  # ratio = peak / 4 GiB
     "plan": ("bubogpt-7b memory plan: concurrent 2048-token requests (fp16)", None, "info"),
+    # the hot-path targets (issue 14)
+    "ttft": ("TTFT p50 at concurrency 1 <= 1.2x the baseline's", 1.2, "max"),
+    "throughput_hot": ("requests/s at concurrency 16 >= 2.5x the baseline's", 2.5, "min"),
+    "grounding_tail": ("grounding: last token -> last mask event p50 <= 100 ms at concurrency 1, entity events arriving", 1.0, "max"),
 }
 
 
@@ -172,6 +176,21 @@ def evaluate_targets(results: dict) -> list[dict]:
         fits = ", ".join(f"{f['requests']} on {f['gpu'].split(' (')[0]}" for f in plan["fits"])
         rows.append(_row("plan", f"{fits} (weights {plan['weights_total_bytes'] / 1e9:.1f} GB, "
                                  f"KV {plan['kv_bytes_per_request'] / 1e9:.2f} GB/request)", None, "computed, see the plan"))
+    # 7. the hot path (issue 14): TTFT at c=1, throughput at c=16, the grounding tail at c=1
+    s1, b1 = _level(served, 1), _level(baseline, 1)
+    if s1 and b1 and s1["ttft_ms"]["p50"] and b1["ttft_ms"]["p50"]:
+        rows.append(_row("ttft", f"{s1['ttft_ms']['p50']:.0f} vs {b1['ttft_ms']['p50']:.0f} ms", s1["ttft_ms"]["p50"] / b1["ttft_ms"]["p50"]))
+    else:
+        rows.append(_row("ttft", "not measured in this run", None))
+    throughput = next((r for r in rows if r["target"] == TARGETS["throughput"][0]), None)
+    rows.append(_row("throughput_hot", throughput["measured"] if throughput else "not measured in this run",
+                     throughput["ratio"] if throughput else None, throughput["note"] if throughput else ""))
+    tail = ((effect.get("on") or {}).get("grounding_tail_ms") or {}) if effect.get("mean_latency_ratio") else {}
+    if tail.get("p50") is not None:
+        rows.append(_row("grounding_tail", f"p50 {tail['p50']:.0f} ms over {tail.get('requests', 0)} requests with entity events",
+                         tail["p50"] / 100.0))
+    else:
+        rows.append(_row("grounding_tail", "no entity events measured in this run", None))
     return rows
 
 

@@ -311,9 +311,27 @@ def main(argv: list[str] | None = None) -> int:
             name, topology.start, stop, lambda: topology.addresses, lambda: topology.frontends, sweep, say)
     (directory / "results.json").write_text(json.dumps(results, indent=2))
     (directory / "results.md").write_text(split_markdown(results))
+    draw_split_charts(directory, results)
     say(split_markdown(results))
     say(f"results: {directory}")
     return 0
+
+
+def draw_split_charts(directory: Path, results: dict) -> None:
+    from benchmarks.plot import bar_chart
+
+    configs = results["configurations"]
+    levels = results["settings"]["concurrencies"]
+
+    def series(getter):
+        return {f"c={c}": [getter(next((lv for lv in r["levels"] if lv["concurrency"] == c), None)) for r in configs.values()]
+                for c in levels}
+
+    names = [n.replace("split: ", "split\n") for n in configs]
+    bar_chart(directory / "requests_per_s.png", "requests/s: one process vs split tiers", names,
+              series(lambda lv: lv and lv["requests_per_s"]), y_title="requests/s")
+    bar_chart(directory / "ttft_p50.png", "TTFT p50: one process vs split tiers", names,
+              series(lambda lv: lv and lv["ttft_ms"]["p50"]), y_title="ms")
 
 
 def split_markdown(results: dict) -> str:

@@ -164,7 +164,7 @@ def test_writers_produce_json_markdown_and_targets(tmp_path):
         "notes": ["a note"],
     }
     met = [row["met"] for row in evaluate_targets(results)]
-    assert met == ["yes", "n/a", "yes", "yes", "yes", "info"]
+    assert met == ["yes", "n/a", "yes", "yes", "yes", "info", "yes", "yes", "n/a"]
     json_path, md_path = write_results(tmp_path, results, "test run")
     data = json.loads(json_path.read_text())
     assert data["targets"][0]["ratio"] == pytest.approx(10.0)
