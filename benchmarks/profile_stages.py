@@ -54,10 +54,17 @@ STAGES = [
                                                           "vllm/inputs", "vllm/multimodal", "vllm/renderers", "vllm/v1/engine/detokenizer")),
     ("gRPC and protobuf (serialization, transport)", ("grpc/", "google/protobuf", "_server.py", "SerializeToString")),
     ("HTTP door (aiohttp)", ("aiohttp/",)),
+    # vLLM's worker busy-waits (sched_yield) up to 1 s after each message before it sleeps on its socket
+    ("vLLM spin-wait between steps (shm queue)", ("SpinCondition.wait", "acquire_read", "acquire_write")),
     ("vLLM scheduling", ("vllm/v1/core/sched", "vllm/v1/core/kv_cache", "vllm/v1/core/block_pool")),
     ("vLLM model steps (forward, sampling)", ("vllm/model_executor", "vllm/v1/worker", "vllm/v1/sample", "vllm/v1/attention",
                                               "vllm/attention", "torch/nn/modules", "vllm/v1/executor")),
+    ("vLLM engine core: waiting for input", ("_process_input_queue",)),
     ("vLLM engine core loop (IPC, output)", ("vllm/v1/engine/core.py", "vllm/v1/serial_utils", "zmq/", "msgspec")),
+    ("audio front end (decode, resample, Kaldi fbank)", ("audio_features.py",)),
+    ("image decode and resize", ("bubogpt/image.py", "PIL/")),
+    ("ONNX Runtime session", ("onnxruntime/",)),
+    ("python-backend glue (pb_utils, numpy)", ("model.py", "triton_python_backend_utils", "numpy/")),
     ("asyncio event loop", ("asyncio/",)),
 ]
 
@@ -95,10 +102,13 @@ def read_raw(path: Path) -> tuple[Counter, Counter]:
         if not count.isdigit():
             continue
         frames = stack.split(";")
-        kind = process_kind(frames[0])
+        # py-spy --subprocesses prefixes the chain of processes, parent first: the last one ran the stack
+        processes = [f for f in frames if f.startswith("process ")]
+        kind = process_kind(processes[-1] if processes else "")
+        frames = frames[len(processes):]
         n = int(count)
         by_process[kind] += n
-        by_stage[(kind, stage_of(frames[1:]) or "other")] += n
+        by_stage[(kind, stage_of(frames) or "other")] += n
     return by_stage, by_process
 
 
@@ -133,7 +143,8 @@ def triton_http_url(serve: ServeProcess) -> str:
     match = re.search(r"Triton: gRPC \S+, HTTP (\S+),", serve.log_path.read_text(errors="replace"))
     if not match:
         raise RuntimeError("the server's banner does not say where its Triton listens")
-    return match.group(1)
+    url = match.group(1)
+    return url if "://" in url else f"http://{url}"
 
 
 def profile_level(serve: ServeProcess, concurrency: int, requests: int, directory: Path, rate: int, seed: int) -> dict:
@@ -159,17 +170,22 @@ def profile_level(serve: ServeProcess, concurrency: int, requests: int, director
     after = triton_stats(triton)
     level = result["levels"][0]
     done = level["completed"] or 1
+    row = {"concurrency": concurrency, "requests": level["completed"], "wall_s": wall, "wall_ms_per_request": 1e3 * wall / done,
+           "requests_per_s": level["requests_per_s"], "ttft_ms_p50": level["ttft_ms"]["p50"], "latency_ms_p50": level["latency_ms"]["p50"],
+           "server_timings_ms_mean": level.get("server_timings_ms_mean"), "rate": rate,
+           "triton": triton_delta(before, after, done), "pyspy_raw": raw.name}
+    return {**row, **attribute(raw, rate, done)}
+
+
+def attribute(raw: Path, rate: int, requests: int) -> dict:
+    """CPU ms per request by process and by (process, stage), from py-spy's raw stacks."""
     by_stage, by_process = read_raw(raw)
-    ms = 1000.0 / rate / done  # one sample, in CPU ms per request
+    ms = 1000.0 / rate / max(1, requests)  # one sample, in CPU ms per request
     stages = defaultdict(dict)
     for (kind, stage), n in by_stage.items():
         stages[kind][stage] = n * ms
-    return {"concurrency": concurrency, "requests": level["completed"], "wall_s": wall, "wall_ms_per_request": 1e3 * wall / done,
-            "requests_per_s": level["requests_per_s"], "ttft_ms_p50": level["ttft_ms"]["p50"], "latency_ms_p50": level["latency_ms"]["p50"],
-            "server_timings_ms_mean": level.get("server_timings_ms_mean"),
-            "cpu_ms_per_request_by_process": {k: n * ms for k, n in by_process.most_common()},
-            "cpu_ms_per_request_by_stage": {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in stages.items()},
-            "triton": triton_delta(before, after, done), "pyspy_raw": raw.name}
+    return {"cpu_ms_per_request_by_process": {k: n * ms for k, n in by_process.most_common()},
+            "cpu_ms_per_request_by_stage": {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in stages.items()}}
 
 
 def to_markdown(levels: list[dict]) -> str:
@@ -216,7 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "bubogpt"))
+    parser.add_argument("--reread", help="a profile-* folder: attribute its raw stacks again (after a change to STAGES)")
     args = parser.parse_args(argv)
+    if args.reread:
+        directory = Path(args.reread)
+        results = json.loads((directory / "results.json").read_text())
+        for level in results["levels"]:
+            level.update(attribute(directory / level["pyspy_raw"], level.get("rate", args.rate), level["requests"]))
+        (directory / "results.json").write_text(json.dumps(results, indent=2))
+        (directory / "results.md").write_text(to_markdown(results["levels"]))
+        print(to_markdown(results["levels"]))
+        return 0
     directory = run_dir(args.out, "profile")
     serve = ServeProcess(Path(args.cache_dir), Path(tempfile.mkdtemp(prefix="profile-")) / "serve.log")
     serve.start()

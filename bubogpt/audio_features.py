@@ -170,21 +170,8 @@ def resample(waveform: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
 # Kaldi fbank (torchaudio.compliance.kaldi.fbank with ImageBind's arguments)
 
 
-# The constant matrices below are cached as numpy arrays, never as tensors: a tensor created
+# The constant matrix below is cached as a numpy array, never as a tensor: a tensor created
 # while torch.export traces (a FakeTensor) must not leak into later eager calls.
-
-
-@functools.lru_cache(maxsize=8)
-def _dft_basis(window_size: int, fft_size: int) -> np.ndarray:
-    """[window_size, 2 * (fft_size // 2 + 1)] real DFT basis (cos | -sin) of a zero-padded frame.
-
-    A matmul instead of torch.fft keeps the front end exportable to ONNX/TensorRT; the zero
-    padding to `fft_size` is folded in by only keeping the first `window_size` rows.
-    """
-    n = np.arange(window_size)[:, None]
-    k = np.arange(fft_size // 2 + 1)[None, :]
-    angle = 2 * np.pi * ((n * k) % fft_size) / fft_size  # exact integer phase first
-    return np.concatenate([np.cos(angle), -np.sin(angle)], axis=1)
 
 
 def _mel(freq: np.ndarray | float) -> np.ndarray:
@@ -245,9 +232,11 @@ def kaldi_fbank(
     window = torch.hann_window(window_size, periodic=False, dtype=waveform.dtype, device=waveform.device)
     frames = frames * window
 
-    spectrum = frames @ _constant(_dft_basis(window_size, fft_size), frames)
-    real, imag = spectrum.chunk(2, dim=1)
-    power = real * real + imag * imag  # [num_frames, fft_size // 2 + 1]
+    # An FFT, not a DFT matmul: the matmul (window x (fft_size + 2) multiply-adds per frame) was a third
+    # of an audio request's CPU in Triton (benchmarks/README.md, "Hot path"); the zero padding to
+    # fft_size is rfft's `n`.
+    spectrum = torch.fft.rfft(frames, n=fft_size, dim=1)
+    power = spectrum.real.square() + spectrum.imag.square()  # [num_frames, fft_size // 2 + 1]
     mel_energies = power @ _constant(_mel_banks(num_mel_bins, fft_size, sample_rate), power)
     return mel_energies.clamp_min(_LOG_FLOOR).log()
 

@@ -40,6 +40,7 @@ class ServeOptions:
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "bubogpt")
     grounding: bool = True
     kv_cache_gib: float = 1.0
+    vllm_executor: str | None = None  # None: vLLM's choice; "mp" or "uni" (serving/llm_engine.py VLLMEngine)
     max_concurrent_streams: int = 64
     # entity matching: "rule" (deterministic), "llm" (the served LLM with the paper's prompt, rule
     # fallback), "auto" (llm for bubogpt-7b, rule for the tiny model, which cannot follow it)
@@ -152,7 +153,8 @@ class Stack:
         if options.llm_urls:
             self.engine = RemoteLLMEngine(llm_dir(model_dir), options.llm_urls, cfg.vision_qformer.num_queries)
         else:
-            engine_kwargs = {"kv_cache_gib": options.kv_cache_gib} if options.llm_engine == "vllm" else {}
+            engine_kwargs = ({"kv_cache_gib": options.kv_cache_gib, "executor": options.vllm_executor}
+                             if options.llm_engine == "vllm" else {})
             self.engine = create_engine(options.llm_engine, llm_dir(model_dir), cfg.vision_qformer.num_queries, **engine_kwargs)
         if isinstance(self.engine, VLLMEngine) and options.supervise:
             self.engine.restart_on_failure = False  # the supervisor restarts it, with backoff

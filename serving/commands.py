@@ -71,6 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,
         api_key=api_key_from(args.api_key), drain_grace_s=args.drain_grace_s,
         triton_url=args.triton_url, llm_urls=tuple(args.llm_url or ()),
+        vllm_executor=None if args.vllm_executor == "auto" else args.vllm_executor,
         **({"cache_dir": Path(args.cache_dir)} if args.cache_dir else {}),
     )
     for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
@@ -221,6 +222,8 @@ def register(sub) -> None:
     serve.add_argument("--cache-dir", help="where exported repositories and Triton's log go (default ~/.cache/bubogpt)")
     serve.add_argument("--drain-grace-secs", dest="drain_grace_s", type=float, default=30.0,
                        help="on SIGTERM, how long in-flight streams may take to finish")
+    serve.add_argument("--vllm-executor", choices=("auto", "mp", "uni"), default="auto",
+                       help="where vLLM runs the model: a worker process (mp) or its engine core (uni); auto: vLLM's choice")
     serve.add_argument("--triton-url", help="use this running Triton (its gRPC HOST:PORT, e.g. `bubo triton`) instead of starting one")
     serve.add_argument("--llm-url", action="append",
                        help="use this running LLM server (`bubo llm-server`, e.g. http://llm-0:8000) instead of the in-process "

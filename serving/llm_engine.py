@@ -233,6 +233,7 @@ class VLLMEngine(EngineBase):
         max_num_seqs: int = 64,
         enable_prefix_caching: bool = True,
         restart_on_failure: bool = True,
+        executor: str | None = None,
     ):
         super().__init__(llm_dir, num_query_tokens)
         if route not in ROUTES:
@@ -244,6 +245,9 @@ class VLLMEngine(EngineBase):
         self.max_num_seqs = max_num_seqs
         self.enable_prefix_caching = enable_prefix_caching
         self.restart_on_failure = restart_on_failure
+        # vLLM's distributed_executor_backend: None = vLLM's choice ("mp": the model runs in a worker process
+        # the engine core talks to over a shared-memory queue), "uni": the model runs in the engine core
+        self.executor = executor
         self.engine = None
         self.restarts = 0
         self.restarting = False
@@ -276,6 +280,7 @@ class VLLMEngine(EngineBase):
             max_num_seqs=self.max_num_seqs,
             seed=0,
             disable_log_stats=True,
+            **({"distributed_executor_backend": self.executor} if self.executor else {}),
             **route_args,
         )
 
