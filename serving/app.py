@@ -124,7 +124,7 @@ class Stack:
     async def start(self) -> "Stack":
         from bubogpt.weights import llm_dir, read_config
         from serving.encoders import TritonEncoders
-        from serving.grounding_client import TritonGrounder, make_grounder
+        from serving.grounding_client import make_grounder
         from serving.llm_engine import VLLMEngine, create_engine
         from serving.prometheus import ServerMetrics
         from serving.remote_llm import RemoteLLMEngine
@@ -179,13 +179,10 @@ class Stack:
                 self.engine.metrics = metrics
             if options.triton_url:
                 ensembles = results[0]
-                grounder = TritonGrounder(self.triton_client) if options.grounding and "grounding" in ensembles else None
-                if options.grounding and grounder is None:
-                    log.warning("the Triton at %s has no grounding model: grounding is off", options.triton_url)
             else:
                 self.triton_client = TritonClient(self.triton.url_grpc, part=self.parts["triton"])
                 ensembles = tuple(name for name in ("image_embed", "audio_embed", "grounding") if (repository / name / "config.pbtxt").is_file())
-                grounder = make_grounder(self.triton_client, repository) if options.grounding else None
+            grounder = make_grounder(self.triton_client, ensembles) if options.grounding else None
             metrics.triton_calls.set_function(lambda: self.triton_client.in_flight if self.triton_client else 0)
             self.encoders = TritonEncoders(
                 self.triton_client, version_check_s=float(options.repository_poll_s) if options.repository_poll_s else None

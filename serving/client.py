@@ -31,6 +31,9 @@ SERVICE_CONFIG = {
 }
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
                    ("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+                   # a call is retried only while its request fits the retry buffer (256 KiB by default: less
+                   # than a photo)
+                   ("grpc.per_rpc_retry_buffer_size", 64 << 20),
                    # a restarted frontend is found again within a second, not after gRPC's default backoff
                    ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
 
@@ -66,8 +69,11 @@ class Endpoint:
     def channel(self) -> grpc.Channel:
         if self.tls or self.tls_ca:
             roots = Path(self.tls_ca).read_bytes() if self.tls_ca else None
+            options = list(CHANNEL_OPTIONS)
+            if "," in self.address:  # one target of addresses: the certificate is checked against the first host's name
+                options.append(("grpc.ssl_target_name_override", self.address.split(",")[0].rpartition(":")[0].strip("[] ")))
             channel = grpc.secure_channel(grpc_target(self.address), grpc.ssl_channel_credentials(root_certificates=roots),
-                                          CHANNEL_OPTIONS)
+                                          options)
         else:
             channel = grpc.insecure_channel(grpc_target(self.address), CHANNEL_OPTIONS)
         key = api_key_from(self.api_key)
@@ -161,6 +167,11 @@ def chat_events(stub, request, timeout: float | None = None, max_resumes: int = 
                     if key in entities:
                         continue
                     entities.add(key)
+                elif kind == "done":
+                    if skip_text or skip_ids:
+                        raise ResumeMismatch("the resumed answer is shorter than the one delivered before the stream was cut")
+                    yield event
+                    return  # a cut after Done (before the trailing status) is not a reason to answer again
                 yield event
             return
         except grpc.RpcError as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -59,8 +58,9 @@ def parse_grounding(result) -> GroundingResult:
     return GroundingResult(tags=tags, entities=entities)
 
 
-def make_grounder(triton: TritonClient, repository: Path) -> TritonGrounder | None:
-    if not (Path(repository) / "grounding" / "config.pbtxt").is_file():
-        log.warning("the model repository %s has no grounding model: grounding is off", repository)
+def make_grounder(triton: TritonClient, served_models) -> TritonGrounder | None:
+    """A grounder when the Triton serves the `grounding` model (`served_models`: the names it serves)."""
+    if "grounding" not in served_models:
+        log.warning("the Triton at %s has no grounding model: grounding is off", triton.url)
         return None
     return TritonGrounder(triton)

@@ -16,10 +16,13 @@ The text the client sees comes from our own detokenizer over the streamed token 
 cut) closes the HTTP response, and vLLM aborts a request whose client disconnected.
 
 Several servers: each request goes to the one with the fewest requests in flight (round-robin among
-equals). A server that refuses the connection, answers 5xx or fails its `/health` probe is skipped for
-`retry_after_s`, then tried again; a request that had not streamed a token yet moves on to the next
-server, one that had fails with UNAVAILABLE (its text cannot be taken back). The engine is down (the
-health service says NOT_SERVING) only while no server answers.
+equals). A server that refuses the connection, answers 5xx or an error event, or fails its `/health`
+probe is marked down until a probe finds it well again (or `retry_after_s` passed); a request that had
+not streamed a token yet moves on to the next server, one that had fails with UNAVAILABLE (its text
+cannot be taken back; `serving.client.chat_events` resumes it). Streams open on a server that failed
+`frozen_after_probes` probes in a row are closed, so a frozen server holds no request. A server that
+serves another model is never used. The engine is down (the health service says NOT_SERVING) only
+while no server answers.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import logging
 import time
 import uuid
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Sequence
 
@@ -55,6 +58,8 @@ class LLMServer:
     reason: str = ""  # why it is down
     served: int = 0
     checked: bool = False  # its model was checked against ours (`RemoteLLMEngine._check_model`)
+    probe_failures: int = 0  # consecutive failed /health probes
+    open: set = field(default_factory=set)  # the responses streaming from it now
 
     @property
     def up(self) -> bool:
@@ -100,6 +105,7 @@ class RemoteLLMEngine(EngineBase):
         retry_after_s: float = 5.0,
         connect_timeout_s: float = 5.0,
         start_timeout_s: float = 120.0,
+        frozen_after_probes: int = 3,
     ):
         super().__init__(llm_dir, num_query_tokens)
         if not urls:
@@ -109,6 +115,7 @@ class RemoteLLMEngine(EngineBase):
         self.retry_after_s = retry_after_s
         self.connect_timeout_s = connect_timeout_s
         self.start_timeout_s = start_timeout_s
+        self.frozen_after_probes = frozen_after_probes  # failed probes in a row before its open streams are closed
         # vLLM casts what it gets to the model's dtype; fp16 on the wire halves the bytes at real size
         self.wire_dtype = torch.float32 if self.llm_cfg.hidden <= 1024 else torch.float16
         self.session = None
@@ -139,11 +146,14 @@ class RemoteLLMEngine(EngineBase):
             await asyncio.sleep(1.0)
         log.info("remote LLM tier: %s (model %s)", ", ".join(s.url for s in self.servers), self.model)
 
-    async def _check_model(self, server: LLMServer) -> None:
+    async def _check_model(self, server: LLMServer, timeout) -> None:
         """A server must serve a model with this directory's context (the same LLM) under the name the
         others use; one that does not is never used (and said so, once)."""
-        async with self.session.get(f"{server.url}/v1/models") as response:
-            listed = (await response.json()).get("data", [])
+        async with self.session.get(f"{server.url}/v1/models", timeout=timeout) as response:
+            answer = await response.json(content_type=None)
+        listed = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(listed, list) or not all(isinstance(m, dict) for m in listed):
+            raise WrongModel(f"{server.url}/v1/models did not answer a model list")
         entry = next((m for m in listed if m.get("id") == self.model), None) if self.model else (listed[0] if listed else None)
         if entry is None:
             raise WrongModel(f"{server.url} does not serve {self.model or 'a model'} (it serves {[m.get('id') for m in listed]})")
@@ -164,20 +174,30 @@ class RemoteLLMEngine(EngineBase):
         import aiohttp
 
         async def probe(server: LLMServer) -> None:
+            timeout = aiohttp.ClientTimeout(total=timeout_s)
             try:
-                async with self.session.get(f"{server.url}/health", timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                async with self.session.get(f"{server.url}/health", timeout=timeout) as response:
                     if response.status != 200:
-                        server.mark_down(f"/health answered {response.status}", self.retry_after_s)
-                        return
+                        raise ConnectionError(f"/health answered {response.status}")
                 if not server.checked:
-                    await self._check_model(server)
+                    await self._check_model(server, timeout)
+                server.probe_failures = 0
                 server.mark_up()
             except WrongModel as exc:
                 if server.reason != str(exc):
                     log.error("LLM server %s is not used: %s", server.url, exc)
+                server.checked = False
                 server.mark_down(str(exc), self.retry_after_s)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+                server.probe_failures += 1
                 server.mark_down(_describe(exc), self.retry_after_s)
+                if server.probe_failures >= self.frozen_after_probes and server.open:
+                    # frozen or cut off: its streams would wait for ever; closing them ends each in its
+                    # request's own terms (moved to another server if nothing streamed, UNAVAILABLE if it had)
+                    log.warning("closing %d streams of LLM server %s (%d failed probes)", len(server.open), server.url,
+                                server.probe_failures)
+                    for response in list(server.open):
+                        response.close()
 
         await asyncio.gather(*(probe(s) for s in self.servers))
 
@@ -226,12 +246,13 @@ class RemoteLLMEngine(EngineBase):
         return body
 
     def _order(self) -> list[LLMServer]:
-        """Servers to try: the up ones, fewest in flight first (round-robin among equals), then the down ones."""
+        """Servers to try: the up ones, fewest in flight first (round-robin among equals), then the down ones
+        known to serve our model (one may be back before its probe says so); never an unchecked one."""
         n = len(self.servers)
         self._next = (self._next + 1) % n
         rotated = self.servers[self._next:] + self.servers[: self._next]
         up = sorted((s for s in rotated if s.up), key=lambda s: s.in_flight)
-        return up + [s for s in rotated if not s.up]
+        return up + [s for s in rotated if not s.up and s.checked]
 
     async def generate(
         self,
@@ -277,6 +298,8 @@ class RemoteLLMEngine(EngineBase):
         raise PartUnavailable("llm", "no LLM server took the request: " + "; ".join(refused))
 
     async def _stream(self, server: LLMServer, payload: bytes, stream: StopStringStream, state: dict, start: float):
+        """One attempt on one server. `_Refused` while nothing has streamed (the caller tries the next
+        server); after that, a failure is PartUnavailable (the text already sent cannot be taken back)."""
         import aiohttp
 
         server.in_flight += 1
@@ -285,24 +308,42 @@ class RemoteLLMEngine(EngineBase):
         if self.metrics is not None:
             self.metrics.llm_wire_bytes.labels("sent").inc(len(payload))
             self.metrics.llm_requests.labels(server.url).inc()
+
+        def failed(reason: str, retry: bool = True):
+            if retry:
+                server.mark_down(reason, self.retry_after_s)
+            if not streamed:
+                return _Refused(reason)
+            return PartUnavailable("llm", f"the LLM server {server.url} failed during this request: {reason}")
+
         try:
             try:
                 response = await self.session.post(f"{server.url}/v1/completions", data=payload,
                                                    headers={"content-type": "application/json"})
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                server.mark_down(_describe(exc), self.retry_after_s)
-                raise _Refused(_describe(exc)) from None
+                raise failed(_describe(exc)) from None
+            server.open.add(response)  # a probe that finds the server frozen closes it (check_health)
             async with response:
                 if response.status != 200:
-                    message = _error_message(await response.read())
-                    if response.status >= 500:
-                        server.mark_down(f"answered {response.status}", self.retry_after_s)
-                        raise _Refused(f"{response.status}: {message}")
-                    # our own validation passed; name the field vLLM refused (its `param`), in our request's terms
-                    field = REQUEST_FIELDS.get(_error_param(await response.read()), "turns")
-                    raise InvalidArgument(f"{field}: the LLM server refused the request: {message}")
+                    try:
+                        body = await response.read()
+                    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                        raise failed(_describe(exc)) from None
+                    message = _error_message(body)
+                    if response.status in (400, 422):
+                        # our own validation passed; name the field vLLM refused (its `param`), in our request's terms
+                        field = REQUEST_FIELDS.get(_error_param(body), "turns")
+                        raise InvalidArgument(f"{field}: the LLM server refused the request: {message}")
+                    if response.status >= 500 or response.status == 429:
+                        raise failed(f"answered {response.status}: {message}", retry=response.status != 429)
+                    raise PartFailed("llm", f"the LLM server {server.url} answered {response.status}: {message}")
                 try:
                     async for event in _sse_events(response, self.metrics):
+                        error = event.get("error")
+                        if error is not None and not event.get("choices"):
+                            code = int(error.get("code") or 500) if isinstance(error, dict) else 500
+                            raise failed(f"its engine failed ({code}): {_error_message(json.dumps(event).encode())}",
+                                         retry=code >= 500)
                         if event.get("usage"):
                             state["usage"] = event["usage"]
                         for choice in event.get("choices") or ():
@@ -315,23 +356,23 @@ class RemoteLLMEngine(EngineBase):
                                 yield TextDelta(text=text, token_ids=[int(t) for t in ids])
                             if choice.get("finish_reason"):
                                 state["finish_reason"] = choice["finish_reason"]
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                    server.mark_down(_describe(exc), self.retry_after_s)
-                    if not streamed:
-                        raise _Refused(_describe(exc)) from None
-                    raise PartUnavailable("llm", f"the LLM server {server.url} failed during this request: {_describe(exc)}") from None
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+                    # the connection broke (or a probe closed it), or the stream ended early or garbled
+                    raise failed(_describe(exc)) from None
             finished = True
             server.served += 1
         finally:
             server.in_flight -= 1
-            if response is not None and not finished:
-                response.close()  # drop the connection: vLLM sees the client leave and aborts the request
+            if response is not None:
+                server.open.discard(response)
+                if not finished:
+                    response.close()  # drop the connection: vLLM sees the client leave and aborts the request
 
 
 async def _sse_events(response, metrics=None) -> AsyncIterator[dict]:
-    """The JSON events of an OpenAI-style server-sent-event stream, up to `data: [DONE]`.
-    Parsed from raw chunks: the first event (it carries the prompt's token ids) can be longer than
-    aiohttp's line limit."""
+    """The JSON events of an OpenAI-style server-sent-event stream, up to `data: [DONE]` (a stream that
+    ends without it broke: ValueError). Parsed from raw chunks: the first event (it carries the prompt's
+    token ids) can be longer than aiohttp's line limit."""
     buffer = b""
     async for chunk in response.content.iter_any():
         if metrics is not None:
@@ -345,10 +386,11 @@ async def _sse_events(response, metrics=None) -> AsyncIterator[dict]:
                 data = line[5:].strip()
                 if data == b"[DONE]":
                     return
-                event = json.loads(data)
-                if "error" in event and "choices" not in event:
-                    raise PartFailed("llm", f"the LLM server failed: {_error_message(data)}")
+                event = json.loads(data)  # a JSONDecodeError is a ValueError
+                if not isinstance(event, dict):
+                    raise ValueError(f"an event that is not an object: {data[:100]!r}")
                 yield event
+    raise ValueError("the stream ended before [DONE]")
 
 
 # vLLM's `param` of an error -> the field of our request it came from

@@ -322,8 +322,10 @@ class RemoteTritonWatch:
     async def probe(self) -> Problem | None:
         client, timeout = self.client.client, self.probe_timeout_s
         try:
-            if not await client.is_server_ready(client_timeout=timeout):
-                return Problem(f"Triton at {self.client.url} is not ready", fatal=False)
+            # live + the models ready, as TritonWatch checks (triton.py readiness): a Triton that polls its
+            # repository says "not ready" while it loads new versions, and still serves the old ones
+            if not await client.is_server_live(client_timeout=timeout):
+                return Problem(f"Triton at {self.client.url} is not live", fatal=False)
             for model in self.models:
                 if not await client.is_model_ready(model, client_timeout=timeout):
                     return Problem(f"Triton at {self.client.url}: {model} is not ready", fatal=False)

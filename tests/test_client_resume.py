@@ -72,6 +72,19 @@ def test_a_resumed_stream_that_differs_is_refused():
         collect(chat_events(FakeStub(first, second), chat_request("hi")))
 
 
+def test_a_resumed_answer_shorter_than_what_was_delivered_is_refused():
+    first = [delta("A cat", [1, 2]), Cut()]
+    second = [delta("A", [1]), DONE]
+    with pytest.raises(ResumeMismatch, match="shorter"):
+        collect(chat_events(FakeStub(first, second), chat_request("hi")))
+
+
+def test_a_cut_after_done_is_not_answered_again():
+    stub = FakeStub([delta("A cat sits.", [1, 2, 3]), DONE, Cut()], [delta("A cat sits.", [1, 2, 3]), DONE])
+    result = collect(chat_events(stub, chat_request("hi")))
+    assert stub.calls == 1 and result.text == "A cat sits."
+
+
 def test_what_cannot_be_resumed_is_raised():
     # sampled without a seed: another answer would come back
     with pytest.raises(grpc.RpcError):
@@ -109,6 +122,8 @@ def test_the_remote_tier_sends_to_the_least_loaded_server_and_tries_dead_ones_la
     engine.servers = [LLMServer("http://a"), LLMServer("http://b"), LLMServer("http://c")]
     engine._next = 0
     a, b, c = engine.servers
+    for server in engine.servers:
+        server.checked = True  # each served our model when probed
     a.in_flight, b.in_flight, c.in_flight = 3, 1, 2
     assert [s.url for s in engine._order()] == ["http://b", "http://c", "http://a"]
     b.mark_down("refused", retry_after_s=60)
@@ -119,3 +134,7 @@ def test_the_remote_tier_sends_to_the_least_loaded_server_and_tries_dead_ones_la
     assert firsts == {"http://a", "http://c"}
     b.mark_up()
     assert b.up and b.reason == ""
+    # a down server never checked (or found serving another model) is never tried
+    c.checked = False
+    c.mark_down("serves another model", retry_after_s=60)
+    assert "http://c" not in [s.url for s in engine._order()]

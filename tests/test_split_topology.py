@@ -101,7 +101,7 @@ def test_each_frontend_gives_the_single_process_answers(split, expected):
     after = vllm_counts(split)
     # both LLM servers took part (least-loaded, round robin among equals)
     for port in split.llm_ports:
-        assert after[f"served:{port}"] > before.get(f"served:{port}", 0.0), f"LLM server :{port} served nothing"
+        assert after.get(f"served:{port}", 0.0) > before.get(f"served:{port}", 0.0), f"LLM server :{port} served nothing"
 
 
 def test_a_cancelled_stream_is_aborted_in_vllm(split):
@@ -109,19 +109,27 @@ def test_a_cancelled_stream_is_aborted_in_vllm(split):
     prompt = chat_request("a a a a a a a a", max_new_tokens=1000)  # greedy: the built-in model writes 61 tokens
     full = collect(stub.Chat(prompt, timeout=120))
     assert full.done.usage.completion_tokens > 40
-    before = vllm_counts(split)
-    call = stub.Chat(prompt, timeout=120)
-    assert next(call).WhichOneof("event") == "delta"
-    call.cancel()
-    deadline = time.monotonic() + 20
-    while vllm_counts(split).get("running", 0.0) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    after = vllm_counts(split)
-    assert after.get("running", 0.0) == 0
-    # vLLM aborted it: it did not finish (stop/length), and it did not write the whole answer
-    # (vLLM 0.32 counts a client abort under no finished_reason)
-    assert (after["stop"], after["length"]) == (before["stop"], before["length"]), (before, after)
-    assert after["generated"] - before["generated"] < full.done.usage.completion_tokens, (before, after)
+
+    def cancel_once() -> tuple[dict, dict]:
+        before = vllm_counts(split)
+        call = stub.Chat(prompt, timeout=120)
+        assert next(call).WhichOneof("event") == "delta"
+        call.cancel()
+        deadline = time.monotonic() + 20
+        while vllm_counts(split).get("running", 0.0) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return before, vllm_counts(split)
+
+    # vLLM aborted it: it did not finish (stop/length; vLLM 0.32 counts a client abort under no
+    # finished_reason) and did not write the whole answer. On a slow machine the answer can be done
+    # before the cancel lands, so up to three tries; every try must leave nothing running.
+    for _ in range(3):
+        before, after = cancel_once()
+        assert after.get("running", 0.0) == 0, after
+        finished = (after.get("stop", 0), after.get("length", 0)) != (before.get("stop", 0), before.get("length", 0))
+        if not finished and after["generated"] - before["generated"] < full.done.usage.completion_tokens:
+            return
+    pytest.fail(f"three cancels, none aborted in vLLM: {before} -> {after}")
 
 
 def test_losing_a_frontend_and_an_llm_server_under_load_loses_no_request(split, expected):
@@ -151,19 +159,23 @@ def test_losing_a_frontend_and_an_llm_server_under_load_loses_no_request(split, 
     for t in threads:
         t.start()
     try:
-        time.sleep(4.0)
-        assert done and not errors, errors[:3]
+        deadline = time.monotonic() + 120
+        while len(done) < 6 and not errors and time.monotonic() < deadline:  # load is flowing through both
+            time.sleep(0.2)
+        assert len(done) >= 6 and not errors, (len(done), errors[:3])
         killed_at = time.monotonic()
         split.frontends[0].stop(signal.SIGKILL)  # the frontend process, mid-stream
         split.llms[0].kill()  # vLLM's server and its engine core
-        time.sleep(10.0)
+        deadline = time.monotonic() + 120
+        while len([1 for _, at in done if at > killed_at + 2.0]) < 6 and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         stop.set()
         for t in threads:
             t.join(180)
     assert not errors, errors[:5]
     after = [c for c, at in done if at > killed_at + 2.0]
-    assert len(after) >= 6, f"the survivors served only {len(after)} requests after the kills"
+    assert len(after) >= 6, f"the survivors served only {len(after)} requests in 120 s after the kills"
     survivor = split.frontends[1]
     assert survivor.health("") == "SERVING" and survivor.health("llm") == "SERVING"
 
