@@ -33,6 +33,10 @@ CHANNEL_ARGS = [
     ("grpc.max_receive_message_length", 256 << 20),
 ]
 UNHEALTHY_STUB = "is not healthy"  # Triton's message for a python-backend stub that missed its health check
+# what an ensemble answers for a step fed by a stub that was just restarted: an empty tensor between two of
+# our models (`... input byte size mismatch for input 'PIXELS' for model 'tagger'. Expected 49152, got 0`);
+# Triton's fault and transient, not the client's (our models name the request's input: `IMAGE: ...`)
+EMPTY_STEP = "byte size mismatch"
 STUB_RETRY_DELAYS_S = (0.25, 1.0)
 TRANSIENT = {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.ABORTED",
              "StatusCode.RESOURCE_EXHAUSTED"}
@@ -90,7 +94,7 @@ class TritonClient:
                 except InferenceServerException as exc:
                     # A python-backend stub that did not answer Triton's 1 s health check (a busy machine)
                     # fails the call; Triton restarts the stub, and the same call then succeeds.
-                    if attempt < len(STUB_RETRY_DELAYS_S) and UNHEALTHY_STUB in (exc.message() or ""):
+                    if attempt < len(STUB_RETRY_DELAYS_S) and any(sign in (exc.message() or "") for sign in (UNHEALTHY_STUB, EMPTY_STEP)):
                         log.warning("Triton's %s: %s; retrying", model, exc.message())
                         await asyncio.sleep(STUB_RETRY_DELAYS_S[attempt])
                         continue
@@ -113,6 +117,8 @@ def classify(exc, model: str, fields: dict[str, str]) -> Exception:
     and a message that starts with the input's name (`IMAGE: image could not be decoded ...`)."""
     status = str(exc.status() or "")
     message = exc.message() or str(exc)
+    if status == "StatusCode.INVALID_ARGUMENT" and EMPTY_STEP in message and not any(f"{name}: " in message for name in fields):
+        return PartUnavailable("triton", f"Triton could not run {model}: {message}")
     if status == "StatusCode.INVALID_ARGUMENT":
         for name, field in fields.items():
             marker = f"{name}: "

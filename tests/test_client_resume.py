@@ -1,6 +1,7 @@
-"""The client side of surviving a lost frontend (serving/client.py): resumed streams repeat nothing and
+"""Surviving lost parts, unit by unit. The client (serving/client.py): resumed streams repeat nothing and
 invent nothing; several frontends become one gRPC target. The remote LLM tier's server choice
-(serving/remote_llm.py): least in flight, dead ones last."""
+(serving/remote_llm.py): least in flight, dead ones last. Triton errors (serving/triton_client.py): the
+client is blamed only when the error names its input."""
 
 from __future__ import annotations
 
@@ -138,3 +139,26 @@ def test_the_remote_tier_sends_to_the_least_loaded_server_and_tries_dead_ones_la
     c.checked = False
     c.mark_down("serves another model", retry_after_s=60)
     assert "http://c" not in [s.url for s in engine._order()]
+
+
+def test_triton_errors_are_blamed_on_the_request_only_when_they_name_its_input():
+    from serving.errors import InvalidArgument, PartUnavailable
+    from serving.triton_client import classify
+
+    class Error:
+        def __init__(self, message):
+            self.text = message
+
+        def status(self):
+            return "StatusCode.INVALID_ARGUMENT"
+
+        def message(self):
+            return self.text
+
+    fields = {"IMAGE": "image"}
+    # our python model refusing the request's bytes: the client's fault, named by field
+    refused = classify(Error("in ensemble 'grounding', IMAGE: image could not be decoded"), "grounding", fields)
+    assert isinstance(refused, InvalidArgument) and str(refused).startswith("image: ")
+    # an empty tensor between two of our models after a stub restart (seen in the soak): Triton's, transient
+    empty = "in ensemble 'grounding', input byte size mismatch for input 'PIXELS' for model 'tagger'. Expected 49152, got 0"
+    assert isinstance(classify(Error(empty), "grounding", fields), PartUnavailable)
