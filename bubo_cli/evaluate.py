@@ -36,7 +36,8 @@ def server_predictor(endpoint, timeout: float = 120.0):
 
 def _eval(args: argparse.Namespace) -> int:
     from serving.commands import endpoint_from
-    from training.nano.evaluate import evaluate_model, held_out_corpus, metrics_json, reference_predictor, side_by_side
+    from training.nano.evaluate import (evaluate_model, held_out_corpus, metrics_json, reference_predictor, side_by_side,
+                                        targets_table)
 
     for model in args.model or ():
         if not (Path(model) / "bubogpt.json").is_file():
@@ -65,6 +66,9 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         side_by_side(columns, f"held-out world evaluation (seed {args.seed}, {args.images} images)")
+        if not tasks and not args.limit and not args.no_grounding:  # the targets are defined on the whole held-out set
+            for label, metrics in columns.items():
+                targets_table(metrics, f"targets: {label}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0

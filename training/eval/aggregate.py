@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from training.eval.audio import score_audio
 from training.eval.grounding import GroundingScore, localisation_hit, score_grounding
-from training.eval.pairs import relation_accuracy, score_source_answer
+from training.eval.pairs import classify_relation, relation_accuracy, score_source_answer
 from training.eval.parsing import split_pair_answer
 from training.eval.text import score_answer, score_text
 
@@ -87,6 +87,8 @@ def evaluate(items: Iterable[Mapping[str, Any]], predictions: Mapping[str, Mappi
                 if "entities" in prediction:
                     metrics.add("source.localisation", localisation_hit(prediction["entities"], truth["source"], iou_threshold))
             else:
+                # the paper's failure without negative pairs: a link invented between unrelated inputs
+                metrics.add("negative.invented_link", classify_relation(answer) == "related")
                 image_part, audio_part = split_pair_answer(answer)
                 metrics.add("negative.image_correct", score_text(image_part, scene).correct)
                 metrics.add("negative.audio_kind_accuracy", score_audio(audio_part, truth["sound"]).kind_correct)

@@ -40,7 +40,10 @@ def print_report(report: Mapping[str, Any], console=None) -> str:
     if "eval" in report:
         from training.nano.evaluate import side_by_side
 
+        from training.nano.evaluate import targets_table
+
         text += side_by_side({"trained": _metrics(report["eval"])}, "held-out evaluation")
+        text += targets_table(_metrics(report["eval"]), "targets (held-out seed)")
     if "ablation" in report:
         from training.nano.evaluate import side_by_side
 
