@@ -134,10 +134,7 @@ def make_example(builder: ExampleBuilder, seed: int, index: int) -> Example:
         scene = make_scene(scene_seed, exclude=[sound.source] if sound.source else [])
     instruction = rng.choice(PAIR_INSTRUCTIONS)
     question = f"A picture: {lang.description(scene, rng)} A sound: {lang.audio_description(sound, rng)} {instruction}"
-    if lang.related(scene, sound):
-        answer = lang.source_answer(scene, sound, rng, yes=instruction == lang.RELATED_QUESTION)
-    else:
-        answer = lang.unrelated_answer(scene, sound, rng)
+    answer = lang.pair_answer(scene, sound, rng, yes=instruction == lang.RELATED_QUESTION)
     return builder.dialogue([], [(question, answer)], task)
 
 

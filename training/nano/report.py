@@ -8,10 +8,9 @@ PARTS = ("llm", "vision_encoder", "audio_encoder", "stage1", "stage2", "stage2_n
 
 
 def print_report(report: Mapping[str, Any], console=None) -> str:
-    import io
-
-    from rich.console import Console
     from rich.table import Table
+
+    from training.nano.evaluate import show, side_by_side, targets_table
 
     table = Table(title="bubo train nano")
     table.add_column("part")
@@ -33,20 +32,11 @@ def print_report(report: Mapping[str, Any], console=None) -> str:
         table.add_row("grounding (tagger, detector, segmenter)", str(steps or ""),
                       f"{seconds.get('train_total', 0):.1f}" if isinstance(seconds, dict) else str(seconds),
                       f"objects {result}" if result else "")
-    recorder = Console(record=True, width=140, file=io.StringIO())
-    recorder.print(table)
-    (console or Console()).print(table)
-    text = recorder.export_text()
+    text = show(table, width=140, console=console)
     if "eval" in report:
-        from training.nano.evaluate import side_by_side
-
-        from training.nano.evaluate import targets_table
-
         text += side_by_side({"trained": _metrics(report["eval"])}, "held-out evaluation")
         text += targets_table(_metrics(report["eval"]), "targets (held-out seed)")
     if "ablation" in report:
-        from training.nano.evaluate import side_by_side
-
         text += side_by_side({k: _metrics(v) for k, v in report["ablation"].items()}, "stage 2 with / without negative pairs")
     total = report.get("total_minutes")
     if total is not None:

@@ -1,5 +1,5 @@
 """python validate.py OUT STEPS [presence_weight]: train_grounding (tagger only really) on train2k, score tags on seed-1000 eval."""
-import io, sys, json, time, torch
+import io, sys, time, torch
 torch.set_num_threads(1)
 import logging; logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 from PIL import Image
