@@ -2,7 +2,6 @@
 
     evaluate_grounding          the full pipeline (and oracle detector / segmenter) on a corpus's images
     tune_detection_thresholds   tag thresholds, box_threshold and text_threshold for the object F1
-    precision_recall_f1, roc_auc  the counts' scores; a score's ranking of positives over negatives
 
 The detector's focal-loss token probabilities are not calibrated like the official model's (BuboGPT's
 0.25 / 0.2), and a higher text threshold drops the queries whose phrase spans several kinds; so the
@@ -22,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from scipy.stats import rankdata
 
 from bubogpt.grounding import grounding_dino as gdino
 from bubogpt.grounding import ram
@@ -40,17 +38,6 @@ def precision_recall_f1(tp: int, fp: int, fn: int) -> dict[str, float]:
     p = tp / (tp + fp) if tp + fp else 1.0
     r = tp / (tp + fn) if tp + fn else 1.0
     return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
-
-
-def roc_auc(scores, labels) -> float | None:
-    """Area under the ROC curve: the chance that a positive outscores a negative (ties count half);
-    None without both classes."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels) > 0.5
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if not n_pos or not n_neg:
-        return None
-    return float((rankdata(s)[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _tag_counts(pred: list[str], truth: list[str]) -> tuple[int, int, int]:

@@ -1,9 +1,7 @@
 """A world corpus's grounding images, decoded once into what each of the three nets reads.
 
 Every image becomes uint8 tensors kept in memory (RAM input, Grounding DINO input, SAM's padded input
-frame) with its truth in each net's frame, so training never decodes a JPEG again. The RAM input's truth
-is the tags and, per patch of it, how much of the patch each object kind covers (`kind_cover`: the
-tagger's auxiliary presence targets, `training.grounding.tagger`).
+frame) with its truth in each net's frame, so training never decodes a JPEG again.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from PIL import Image
 from bubogpt.grounding import grounding_dino as gdino
 from bubogpt.grounding import sam
 from bubogpt.grounding.pipeline import GroundingPipeline
-from training.world.scene import OBJECT_KINDS
 
 
 @dataclass
@@ -33,7 +30,6 @@ class Sample:
     kinds: list[str]  # per object
     boxes: np.ndarray  # [n, 4] visible xyxy, original pixels
     tag_pixels: torch.Tensor  # uint8 [3, S, S] RAM input (resized, not normalised)
-    kind_cover: torch.Tensor  # float32 [len(OBJECT_KINDS), P, P]: fraction of each RAM input patch each kind covers
     det_pixels: torch.Tensor  # uint8 [3, h, w] Grounding DINO input
     sam_pixels: torch.Tensor  # uint8 [3, S, S] SAM input frame (zero-padded bottom/right)
     sam_hw: tuple[int, int]
@@ -80,22 +76,10 @@ def load_samples(corpus_root: str | Path, pipeline: GroundingPipeline, limit: in
             sam_masks = torch.zeros(0, target, target, dtype=torch.uint8)
         samples.append(Sample(
             index=i, width=image.width, height=image.height, tags=list(scene.tags), kinds=[o.kind for o in objects],
-            boxes=boxes, tag_pixels=tag_pixels, kind_cover=kind_cover(objects, rcfg.image_size // rcfg.patch_size),
-            det_pixels=det_pixels, sam_pixels=sam_pixels, sam_hw=(sh, sw),
+            boxes=boxes, tag_pixels=tag_pixels, det_pixels=det_pixels, sam_pixels=sam_pixels, sam_hw=(sh, sw),
             sam_boxes=sam.transform_boxes(boxes, (image.height, image.width), scfg).reshape(-1, 4), sam_masks=sam_masks,
         ))
     return samples
-
-
-def kind_cover(objects, patches: int) -> torch.Tensor:
-    """[len(OBJECT_KINDS), patches, patches]: the fraction of each patch of RAM's square input that each
-    object kind's visible pixels cover. RAM resizes without keeping the aspect ratio, so the patch grid
-    is laid over the whole picture; visible masks never overlap, so a kind's fractions add up exactly."""
-    cover = torch.zeros(len(OBJECT_KINDS), patches, patches)
-    for obj in objects:
-        mask = torch.from_numpy(obj.mask).float()[None, None]
-        cover[OBJECT_KINDS.index(obj.kind)] += F.interpolate(mask, (patches, patches), mode="area")[0, 0]
-    return cover.clamp_(0, 1)
 
 
 def load_images(corpus_root: str | Path, indices: list[int]) -> list[tuple[Image.Image, Any]]:

@@ -7,11 +7,6 @@ the modality slots:
     dialogue form  <s> system###Human: <Vision>[sketch]</Vision> <Audio>[sketch]</Audio> question###Assistant: answer###...
 
 The loss is on the answers (and the captions). After pre-training the LLM is frozen for good.
-
-Image + audio pairs never fill both slots here: whether a sound belongs to a picture is learnt from
-words only (`pair_text`: the picture and the sound described in the question, as Vicuna knows that a
-bark comes from a dog without ever having seen an image-audio pair), so what the paired form does is
-left to stage 2 and its negative pairs, as in the paper (the ablation in `training.nano.pipeline`).
 """
 
 from __future__ import annotations
@@ -39,10 +34,9 @@ NUM_QUERIES = 32
 
 # How often each kind of example is drawn (stage-1 captions, image / audio / paired dialogues).
 TASK_WEIGHTS = {
-    "image_caption": 2, "audio_caption": 1, "describe": 2, "qa": 4, "audio": 2, "pair_text": 3,
+    "image_caption": 2, "audio_caption": 1, "describe": 2, "qa": 4, "audio": 2,
+    "source": 2, "unrelated": 2, "relation": 1,
 }
-# the question of a described pair: the instructions of both paired sets, so the wording never tells
-PAIR_INSTRUCTIONS = AUDIO_IMAGE + NEGATIVE
 
 
 @dataclass
@@ -124,18 +118,24 @@ def make_example(builder: ExampleBuilder, seed: int, index: int) -> Example:
         if task == "audio_caption":
             return builder.stage1(sketch, lang.audio_caption(sound, rng), task)
         return builder.dialogue([("audio", sketch)], [(rng.choice(AUDIO), lang.audio_description(sound, rng))], task)
-    # an image + audio pair, described in words (related or not, half and half)
-    if rng.random() < 0.5:
+    # image + audio pairs
+    if task == "source" or (task == "relation" and rng.random() < 0.5):
         kind = SOURCE_SOUNDS[rng.randrange(len(SOURCE_SOUNDS))]
         sound = make_sound(sound_seed, kind)
         scene = make_scene(scene_seed, require=[kind], unique=[kind])
     else:
         sound = make_sound(sound_seed, SOUND_NAMES[rng.randrange(len(SOUND_NAMES))])
         scene = make_scene(scene_seed, exclude=[sound.source] if sound.source else [])
-    instruction = rng.choice(PAIR_INSTRUCTIONS)
-    question = f"A picture: {lang.description(scene, rng)} A sound: {lang.audio_description(sound, rng)} {instruction}"
-    answer = lang.pair_answer(scene, sound, rng, yes=instruction == lang.RELATED_QUESTION)
-    return builder.dialogue([], [(question, answer)], task)
+    sketches = [("image", image_sketch(scene, NUM_QUERIES)), ("audio", audio_sketch(sound, NUM_QUERIES))]
+    if task == "source":
+        qa = (rng.choice(AUDIO_IMAGE), lang.source_answer(scene, sound, rng))
+    elif task == "unrelated":
+        instruction = rng.choice(NEGATIVE)
+        statement = "related" in instruction or rng.random() < 0.5
+        qa = (instruction, lang.unrelated_answer(scene, sound, rng, statement=statement))
+    else:
+        qa = (lang.RELATED_QUESTION, lang.pair_answer(scene, sound, rng, yes=True))
+    return builder.dialogue(sketches, [qa], task)
 
 
 def examples(builder: ExampleBuilder, seed: int, count: int, progress: bool = False) -> list[Example]:

@@ -26,10 +26,7 @@ arguments (also with --workers), and another seed gives other scenes (a held-out
 Unlike the stock `negatives` kind (random image + random audio, which in this world would sometimes
 pair a barking sound with a picture of a dog), the negative pairs here are unrelated by construction.
 The records of `vggss/` and `negatives/` also carry an "instruction" field (ignored by the VGGSS
-reader) naming the instruction the answer was written for. A negative pair is asked an instruction of
-either pool (the official negatives use only the "describe both" pool): with disjoint pools the
-question alone would tell a model the pair is unrelated, and the negatives would teach nothing about
-the pair itself.
+reader) naming the instruction the answer was written for.
 """
 
 from __future__ import annotations
@@ -182,8 +179,7 @@ def make_item(seed: int, dataset: str, index: int) -> Item:
         else:
             sound = make_sound(sound_seed, SOUND_NAMES[int(rng.randrange(len(SOUND_NAMES)))])
             scene = make_scene(scene_seed, exclude=[sound.source] if sound.source else [])
-            # asked both pools' questions: "where does the sound come from?" must not give the answer away
-            instruction = rng.choice(NEGATIVE + AUDIO_IMAGE)
+            instruction = rng.choice(NEGATIVE)
             answer = language.unrelated_answer(scene, sound, rng)
             truth = {"related": False}
         audio_path, image_path = f"{dataset}/audio/{ident}.wav", f"{dataset}/image/{ident}.jpg"
