@@ -136,8 +136,8 @@ def evaluate_model(predict: Predictor, corpus: Path, tasks: Sequence[str] | None
     return evaluate(items, predictions), predictions
 
 
-def side_by_side(columns: Mapping[str, Mapping[str, Any]], title: str) -> str:
-    """One rich table: a row per metric, a column per model; returns the text."""
+def side_by_side(columns: Mapping[str, Mapping[str, Any]], title: str, console=None) -> str:
+    """One rich table: a row per metric, a column per model (printed on `console`); returns the text."""
     from rich.table import Table
 
     from training.eval import Metric
@@ -160,7 +160,7 @@ def side_by_side(columns: Mapping[str, Mapping[str, Any]], title: str) -> str:
             else:
                 cells.append(f"{float(m):.3f}")
         table.add_row(name, *cells, count)
-    return show(table, width=120)
+    return show(table, width=120, console=console)
 
 
 def show(table, width: int, console=None) -> str:
@@ -188,8 +188,9 @@ TARGET_LIMITS = {
 }
 
 
-def targets_table(metrics: Mapping[str, Any], title: str) -> str:
-    """One rich table: each target, the measured value, met or not, and what limits it; returns the text."""
+def targets_table(metrics: Mapping[str, Any], title: str, console=None) -> str:
+    """One rich table: each target, the measured value, met or not, and what limits it (printed on
+    `console`); returns the text."""
     from rich.table import Table
 
     from training.eval import Metric
@@ -208,7 +209,7 @@ def targets_table(metrics: Mapping[str, Any], title: str) -> str:
             met = "yes" if value == value and value >= target else "no"
         table.add_row(name, "" if target is None else f">= {target:.2f}", "-" if value != value else f"{value:.3f}", count, met,
                       TARGET_LIMITS.get(name, "") if met == "no" else "")
-    return show(table, width=160)
+    return show(table, width=160, console=console)
 
 
 def metrics_json(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,14 +34,14 @@ def print_report(report: Mapping[str, Any], console=None) -> str:
                       f"objects {result}" if result else "")
     text = show(table, width=140, console=console)
     if "eval" in report:
-        text += side_by_side({"trained": _metrics(report["eval"])}, "held-out evaluation")
-        text += targets_table(_metrics(report["eval"]), "targets (held-out seed)")
+        text += side_by_side({"trained": _metrics(report["eval"])}, "held-out evaluation", console)
+        text += targets_table(_metrics(report["eval"]), "targets (held-out seed)", console)
     if "ablation" in report:
-        text += side_by_side({k: _metrics(v) for k, v in report["ablation"].items()}, "stage 2 with / without negative pairs")
+        text += side_by_side({k: _metrics(v) for k, v in report["ablation"].items()}, "stage 2 with / without negative pairs", console)
     total = report.get("total_minutes")
     if total is not None:
         line = f"total {total} min"
-        print(line)
+        (console.print if console is not None else print)(line)
         text += line + "\n"
     return text
 
