@@ -41,9 +41,12 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
+    import torch
+
     from bubogpt.defaults import write_random_model
 
-    path = write_random_model(args.out, preset=args.preset, seed=args.seed)
+    dtype = {"float32": torch.float32, "float16": torch.float16, None: None}[args.dtype]
+    path = write_random_model(args.out, preset=args.preset, seed=args.seed, dtype=dtype)
     print(f"wrote {args.preset} weights (seed {args.seed}) to {path}")
     return 0
 
@@ -134,6 +137,8 @@ def register(sub) -> None:
     init.add_argument("--preset", default="nano")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--out", required=True)
+    init.add_argument("--dtype", choices=("float32", "float16"),
+                      help="tensors on disk (default: float32 for nano, float16 for the full-size presets)")
     init.set_defaults(func=_init)
 
     convert = sub.add_parser(

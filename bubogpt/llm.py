@@ -56,11 +56,17 @@ def llm_config_from_hf(hf) -> LLMConfig:
     )
 
 
-def build_llm(cfg: LLMConfig):
-    """A randomly initialised LlamaForCausalLM (use torch.device('meta') around it to count only)."""
+def build_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32):
+    """A randomly initialised LlamaForCausalLM (use torch.device('meta') around it to count only),
+    created directly in `dtype` (a 7B model in float32 would not fit beside anything in 24 GiB)."""
     from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM(hf_llama_config(cfg))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = LlamaForCausalLM(hf_llama_config(cfg))
+    finally:
+        torch.set_default_dtype(default)
     return model.eval()
 
 
@@ -78,5 +84,6 @@ def save_llm(model, tokenizer, path: str | Path) -> None:
     """Writes an HF directory that both transformers and vLLM load (safetensors, tokenizer beside)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(path), safe_serialization=True)
+    # 2 GB shards: safetensors copies a shard into memory while writing it
+    model.save_pretrained(str(path), safe_serialization=True, max_shard_size="2GB")
     tokenizer.save_pretrained(str(path))

@@ -76,9 +76,12 @@ def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: 
         raise WeightsError(f"{source}: " + "; ".join(problems))
 
 
-def save_component(module: nn.Module, config: dict[str, Any], directory: Path, name: str) -> None:
+def save_component(module: nn.Module, config: dict[str, Any], directory: Path, name: str,
+                   dtype: torch.dtype | None = None) -> None:
+    """`dtype` casts floating-point tensors on disk (loading casts them back to the module's)."""
     # contiguous clones: safetensors refuses shared or strided storage
-    tensors = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    tensors = {k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous().clone()
+               for k, v in module.state_dict().items()}
     save_file(tensors, str(directory / f"{name}.safetensors"), metadata={"component": name})
     (directory / f"{name}.json").write_text(json.dumps(config, indent=2) + "\n")
 
@@ -105,14 +108,16 @@ def save_model(
     llm: nn.Module | None = None,
     tokenizer=None,
     provenance: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Writes every component (and the LLM directory when given) in our format."""
+    """Writes every component (and the LLM directory when given) in our format; `dtype` casts the
+    components' floating-point tensors on disk (the LLM is saved in its own dtype)."""
     from bubogpt.llm import save_llm
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name in MODALITY_COMPONENTS:
-        save_component(getattr(model, name), component_config(model.config, name), directory, name)
+        save_component(getattr(model, name), component_config(model.config, name), directory, name, dtype)
     if llm is not None:
         if tokenizer is None:
             raise ValueError("save_model: an LLM needs its tokenizer")

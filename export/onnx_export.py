@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,22 +36,44 @@ class ParityResult:
 
 
 def export_onnx(spec: ExportSpec, path: Path, example_batch: int = 2) -> Path:
-    """Exports with TorchScript-based export (opset 17): one self-contained .onnx file."""
+    """Exports with TorchScript-based export (opset 17). A graph under protobuf's 2 GiB limit is one
+    self-contained .onnx file; a larger one (EVA-ViT-g, SAM ViT-H in fp32) keeps its weights in one
+    external data file beside it, `<name>.onnx.data`, which ONNX Runtime and TensorRT's parser find
+    by that relative name (torch writes one file per tensor there; they are gathered into one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     example = spec.example(example_batch)
     module = spec.module.eval()
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            tuple(example.values()),
-            str(path),
-            input_names=list(example),
-            output_names=spec.outputs,
-            dynamic_axes=spec.dynamic_axes(),
-            opset_version=ONNX_OPSET,
-            dynamo=False,
-        )
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as scratch:
+        exported = Path(scratch) / path.name
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                tuple(example.values()),
+                str(exported),
+                input_names=list(example),
+                output_names=spec.outputs,
+                dynamic_axes=spec.dynamic_axes(),
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
+        if len(list(Path(scratch).iterdir())) == 1:
+            exported.replace(path)
+            return path
+        import onnx
+
+        graph = onnx.load(str(exported))  # reads the per-tensor files back in
+        data = path.with_name(path.name + ".data")
+        data.unlink(missing_ok=True)
+        onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+    log.info("%s: %.2f GB of weights in %s", path, data.stat().st_size / 1e9, data.name)
     return path
+
+
+def onnx_files(path: Path) -> list[Path]:
+    """The .onnx file and its external data file, where it has one."""
+    data = path.with_name(path.name + ".data")
+    return [path, data] if data.exists() else [path]
 
 
 def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:

@@ -27,7 +27,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from bubogpt.model import BuboGPT
-from export.onnx_export import ParityError, ParityResult, check_onnx, export_onnx
+from export.onnx_export import ParityError, ParityResult, check_onnx, export_onnx, onnx_files
 from export.specs import ExportSpec, grounding_specs, modality_specs
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,8 @@ def _export_network(repo: Path, spec: ExportSpec, settings: RepositorySettings, 
 
         plan = build_engine(onnx_path, version / "model.plan", spec, max_batch=max(1, batching.max_batch_size))
         result = check_engine(spec, plan)
-        onnx_path.unlink()
+        for file in onnx_files(onnx_path):
+            file.unlink()
         config = model_config(spec.name, inputs_cfg, outputs_cfg, batching, platform="tensorrt_plan", device="cuda")
         (repo / spec.name / "config.pbtxt").write_text(config)
         return result

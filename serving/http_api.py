@@ -16,7 +16,8 @@ prompt has a fixed system text, as in the paper); one image and one audio clip p
 Grounding is on for requests with an image (`"bubo": {"ground": false}` in the body turns it off).
 The entities come in the extension field `bubo`: each as its own chunk when it is found
 (`{"bubo": {"entity": {...}}}`, empty delta), all of them in the final chunk / the response
-(`{"bubo": {"entities": [...], "timings": {...}}}`). An entity: phrase, start, end (characters of the
+(`{"bubo": {"entities": [...], "timings": {...}}}`; `timings.entities` says, per entity, how many ms after
+its phrase it went out and whether the answer was still being written then). An entity: phrase, start, end (characters of the
 answer), label, score, box [x0, y0, x1, y1] (pixels), mask (COCO RLE: size [h, w], counts string).
 
 Errors are OpenAI-style JSON (`{"error": {"message", "type", "param", "code"}}`): 400 naming the field
@@ -249,9 +250,14 @@ def entity_json(entity) -> dict:
             "mask": {"size": [entity.mask.height, entity.mask.width], "counts": entity.mask.counts} if entity.mask.counts else None}
 
 
-def timings_json(timings) -> dict:
-    return {name: round(getattr(timings, name), 2) for name in
-            ("queue_ms", "encode_ms", "first_token_ms", "generation_ms", "grounding_ms", "total_ms")}
+def timings_json(done) -> dict:
+    """`Done.timings`, and per entity when it went out (`entities`: index, start, after_phrase_ms,
+    before_answer_end: sent while more of the answer was still to come)."""
+    timings = {name: round(getattr(done.timings, name), 2) for name in
+               ("queue_ms", "encode_ms", "first_token_ms", "generation_ms", "grounding_ms", "total_ms")}
+    timings["entities"] = [{"index": t.index, "start": t.start, "after_phrase_ms": round(t.after_phrase_ms, 2),
+                            "before_answer_end": t.before_answer_end} for t in done.entity_timings]
+    return timings
 
 
 FINISH = {"stop": "stop", "length": "length", "abort": "stop"}
@@ -377,7 +383,7 @@ class HttpApi:
                 else:
                     done = event.done
                     await send(self._chunk(translation, {}, FINISH.get(done.finish_reason, "stop"),
-                                           bubo={"entities": entities, "timings": timings_json(done.timings)}))
+                                           bubo={"entities": entities, "timings": timings_json(done)}))
                     if body.stream_options and body.stream_options.include_usage:
                         usage = {"prompt_tokens": done.usage.prompt_tokens, "completion_tokens": done.usage.completion_tokens,
                                  "total_tokens": done.usage.prompt_tokens + done.usage.completion_tokens}
@@ -420,7 +426,7 @@ class HttpApi:
             "model": self.model_id,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": FINISH.get(done.finish_reason, "stop")}],
-            "usage": usage, "bubo": {"entities": entities, "timings": timings_json(done.timings)},
+            "usage": usage, "bubo": {"entities": entities, "timings": timings_json(done)},
         })
 
 

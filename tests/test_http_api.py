@@ -103,6 +103,8 @@ def test_grounded_entities_come_in_the_extension_field(client, model, stub):
     final = [c for c in chunks if c.choices and c.choices[0].finish_reason][-1].model_extra["bubo"]
     assert one_by_one == final["entities"] == entities
     assert final["timings"]["total_ms"] > 0
+    # when each entity went out, in the order they were sent (Done.entity_timings)
+    assert [(t["index"], t["start"]) for t in final["timings"]["entities"]] == [(e["index"], e["start"]) for e in entities]
 
 
 def test_models_and_health(stack, client, model):

@@ -96,6 +96,40 @@ def test_random_models_are_rebuilt_bit_for_bit(tmp_path):
             assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes(), relative
 
 
+def test_float16_on_disk_loads_as_the_float32_weights_rounded(tmp_path):
+    """`bubo init --dtype float16` (the full-size presets' default): the modality side built one part at a
+    time, each tensor on disk in float16, loading casts back; the LLM is created in float16."""
+    write_random_model(tmp_path / "fp32", preset="nano", seed=DEFAULT_SEED)
+    write_random_model(tmp_path / "fp16", preset="nano", seed=DEFAULT_SEED, dtype=torch.float16)
+    full, half = load_model(tmp_path / "fp32"), load_model(tmp_path / "fp16")
+    for name in MODALITY_COMPONENTS:
+        stored = load_file(str(tmp_path / "fp16" / f"{name}.safetensors"))
+        assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}, name
+        for key, value in getattr(full, name).state_dict().items():
+            want = value.half().float() if value.is_floating_point() else value
+            assert torch.equal(getattr(half, name).state_dict()[key], want), (name, key)
+    llm = load_file(str(next((tmp_path / "fp16" / "llm").glob("*.safetensors"))))
+    assert {t.dtype for t in llm.values()} == {torch.float16}
+    assert json.loads((tmp_path / "fp16" / "bubogpt.json").read_text())["provenance"]["dtype"] == "float16"
+    grounding = load_file(str(tmp_path / "fp16" / "grounding" / "segmenter_encoder.safetensors"))
+    assert {t.dtype for t in grounding.values() if t.is_floating_point()} == {torch.float16}
+
+
+def test_official_size_random_grounding_has_rams_vocabulary_sizes(tmp_path):
+    """`bubo init --preset bubogpt-7b` grounding: RAM's 4,585 tags and BERT-base's 30,522 words (built on
+    the meta device: only the sizes are checked here; benchmarks/full_size.py builds it for real)."""
+    from bubogpt.grounding.pipeline import build_random_grounding
+    from bubogpt.grounding.ram import TINY_TAG_LIST
+
+    with torch.device("meta"):
+        pipeline = build_random_grounding("official", tmp_path / "grounding", tag_threshold=0.5)
+    assert len(pipeline.tag_list) == len(set(pipeline.tag_list)) == 4585
+    assert pipeline.tag_list[:len(TINY_TAG_LIST)] == list(TINY_TAG_LIST)
+    assert list(pipeline.thresholds.shape) == [4585]
+    vocab = (tmp_path / "grounding" / "text_encoder" / "vocab.txt").read_text().splitlines()
+    assert len(vocab) == 30522 and set(pipeline.tag_list) <= set(vocab)
+
+
 def test_builtin_default_is_the_trained_nano_model_with_its_recipe():
     """The committed default records the command, seed and recipe that produced it (`bubo train nano`),
     and that recipe is today's default recipe, so the command in the manifest reproduces it."""

@@ -222,17 +222,19 @@ def write_text_encoder_dir(path: Path, words: list[str], vocab_size: int, hidden
 
 
 def build_random_grounding(preset: str, out: Path, tag_threshold: float | None = None) -> GroundingPipeline:
-    """Random-weight grounding models (call under a seeded RNG); the tiny preset brings its own BERT dir.
+    """Random-weight grounding models (call under a seeded RNG), with a BERT directory written to `out`.
 
     `tag_threshold` replaces every per-tag threshold: an untrained tagger's probabilities sit near
-    0.5, under RAM's thresholds, and would never propose a tag.
+    0.5, under RAM's thresholds, and would never propose a tag. The official preset has RAM's sizes
+    (4,585 tags, BERT-base's 30,522-word vocabulary) but not its words, which live in files we do not
+    ship (`bubo convert --ram-tag-list`): the tiny list's nouns come first, then `tag0024`... fill it.
     """
     cfg = GROUNDING_PRESETS[preset]
     rcfg = ram.RAM_PRESETS[cfg.tagger]
-    if cfg.tagger != "tiny":
-        raise ValueError("random official-size grounding models are only built for benchmarks (bubogpt.grounding.*)")
-    tag_list = list(ram.TINY_TAG_LIST)
-    thresholds = torch.tensor(ram.TINY_THRESHOLDS, dtype=torch.float32)
+    tag_list = list(ram.TINY_TAG_LIST)[:rcfg.num_tags]
+    tag_list += [f"tag{i:04d}" for i in range(len(tag_list), rcfg.num_tags)]
+    thresholds = torch.tensor(ram.TINY_THRESHOLDS[:rcfg.num_tags], dtype=torch.float32)
+    thresholds = torch.cat([thresholds, torch.full((rcfg.num_tags - len(thresholds),), 0.7)])
     if tag_threshold is not None:
         thresholds = torch.full_like(thresholds, tag_threshold)
     text = GDINO_PRESETS[cfg.detector].text
@@ -248,8 +250,9 @@ def build_random_grounding(preset: str, out: Path, tag_threshold: float | None =
     )
 
 
-def _save_tensors(module: torch.nn.Module, path: Path) -> None:
-    save_file({k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}, str(path))
+def _save_tensors(module: torch.nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:
+    save_file({k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous().clone()
+               for k, v in module.state_dict().items()}, str(path))
 
 
 def _load_tensors(module: torch.nn.Module, path: Path) -> None:
@@ -260,8 +263,10 @@ def _load_tensors(module: torch.nn.Module, path: Path) -> None:
     module.load_state_dict(state, strict=True)
 
 
-def save_grounding(pipeline: GroundingPipeline, model_dir: str | Path, provenance: dict | None = None) -> Path:
-    """Writes grounding.json and the four tensor files; the text encoder directory is the caller's."""
+def save_grounding(pipeline: GroundingPipeline, model_dir: str | Path, provenance: dict | None = None,
+                   dtype: torch.dtype | None = None) -> Path:
+    """Writes grounding.json and the four tensor files (floating point ones cast to `dtype` when
+    given); the text encoder directory is the caller's."""
     out = Path(model_dir) / GROUNDING_DIR
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -273,10 +278,10 @@ def save_grounding(pipeline: GroundingPipeline, model_dir: str | Path, provenanc
     if provenance is not None:  # only then: random models' grounding.json stays as it was
         manifest["provenance"] = provenance
     (out / "grounding.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    _save_tensors(pipeline.tagger, out / "tagger.safetensors")
-    _save_tensors(pipeline.detector, out / "detector.safetensors")
-    _save_tensors(pipeline.segmenter_encoder, out / "segmenter_encoder.safetensors")
-    _save_tensors(pipeline.segmenter_decoder, out / "segmenter_decoder.safetensors")
+    _save_tensors(pipeline.tagger, out / "tagger.safetensors", dtype)
+    _save_tensors(pipeline.detector, out / "detector.safetensors", dtype)
+    _save_tensors(pipeline.segmenter_encoder, out / "segmenter_encoder.safetensors", dtype)
+    _save_tensors(pipeline.segmenter_decoder, out / "segmenter_decoder.safetensors", dtype)
     return out
 
 

@@ -12,6 +12,7 @@ const state = {
   audio: null,        // {dataUrl, format}
   history: [],        // OpenAI messages of this conversation
   entities: [],       // of the answer on the canvas: {phrase, start, end, label, score, box, mask, color, pixels}
+  timings: null,      // the server's timings of the last answer (the final chunk's bubo.timings)
   highlighted: null,
   scale: 1,
 };
@@ -245,6 +246,7 @@ async function ask(question) {
   addTurn("you", question);
   const answer = addTurn("BuboGPT", "");
   state.entities = [];
+  state.timings = null;
   state.highlighted = null;
   draw();
   $("send").disabled = true;
@@ -294,6 +296,7 @@ async function readStream(response, answer) {
         }
         if (chunk.bubo && chunk.bubo.entity) addEntity(chunk.bubo.entity, answer);
         if (chunk.bubo && chunk.bubo.entities) chunk.bubo.entities.forEach((e) => addEntity(e, answer));
+        if (chunk.bubo && chunk.bubo.timings) state.timings = chunk.bubo.timings;
       }
     }
   }
