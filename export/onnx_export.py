@@ -56,18 +56,24 @@ def export_onnx(spec: ExportSpec, path: Path, example_batch: int = 2) -> Path:
                 opset_version=ONNX_OPSET,
                 dynamo=False,
             )
-        if len(list(Path(scratch).iterdir())) == 1:
-            exported.replace(path)
-            return path
-        import onnx
-
-        graph = onnx.load(str(exported))  # reads the per-tensor files back in
-        data = path.with_name(path.name + ".data")
-        data.unlink(missing_ok=True)
-        onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-    log.info("%s: %.2f GB of weights in %s", path, data.stat().st_size / 1e9, data.name)
+        gather_external_data(exported, path)
     return path
+
+
+def gather_external_data(exported: Path, path: Path) -> None:
+    """`exported` (alone in its folder, or with one external file per tensor as torch writes them for
+    graphs over 2 GiB) -> `path`, self-contained or with all weights in `<name>.onnx.data`."""
+    if len(list(exported.parent.iterdir())) == 1:
+        exported.replace(path)
+        return
+    import onnx
+
+    graph = onnx.load(str(exported))  # reads the per-tensor files back in
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    log.info("%s: %.2f GB of weights in %s", path, data.stat().st_size / 1e9, data.name)
 
 
 def onnx_files(path: Path) -> list[Path]:
@@ -92,6 +98,42 @@ def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.max(np.abs(reference[finite] - candidate[finite]))) / scale
 
 
+MATCH_DISTANCE = 1e-3  # boxes (normalised cxcywh) this close are the same query
+MIN_MATCHED = 0.99
+# The swapped proposals also shift every other query a little (decoder self-attention): on the
+# full-size random detector PyTorch against itself (1 vs 2 threads) differs by 6.5e-4 over the paired
+# queries, ONNX Runtime against PyTorch by 6.5e-4 (benchmarks/results/full-size-cpu-20261202).
+MATCHED_QUERY_TOLERANCE = 1e-2
+
+
+def matched_query_error(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """[logits, boxes] of a detector whose queries are a top-k selection: near-ties in the scores swap a
+    few proposals in or out (and reorder them) between runs that differ only in rounding, so queries are
+    paired by box first; the error is `relative_error` over the paired ones, inf if under 99 % pair."""
+    (logits_e, boxes_e), (logits_g, boxes_g) = expected[:2], got[:2]
+    if boxes_e.shape != boxes_g.shape or logits_e.shape != logits_g.shape:
+        return float("inf")
+    errors = []
+    for b in range(boxes_e.shape[0]):
+        distance = np.abs(boxes_e[b][:, None, :] - boxes_g[b][None, :, :]).max(-1)
+        pair = distance.argmin(1)
+        paired = distance[np.arange(len(pair)), pair] <= MATCH_DISTANCE
+        if paired.mean() < MIN_MATCHED or len(set(pair[paired].tolist())) < paired.sum():
+            return float("inf")
+        errors.append(relative_error(logits_e[b][paired], logits_g[b][pair[paired]]))
+        errors.append(relative_error(boxes_e[b][paired], boxes_g[b][pair[paired]]))
+    return max(errors)
+
+
+def output_error(spec: ExportSpec, expected: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """The parity check's error of one run: the worst output's `relative_error`, or for top-k query
+    outputs (`spec.parity == "matched_queries"`) `matched_query_error`."""
+    got = [np.asarray(g) for g in got]
+    if spec.parity == "matched_queries":
+        return matched_query_error(expected, got)
+    return max(relative_error(e, g) for e, g in zip(expected, got))
+
+
 def torch_outputs(spec: ExportSpec, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
     with torch.no_grad():
         out = spec.module.eval()(*inputs.values())
@@ -100,12 +142,18 @@ def torch_outputs(spec: ExportSpec, inputs: dict[str, torch.Tensor]) -> list[np.
 
 
 def check_onnx(spec: ExportSpec, path: Path, batch: int = 3, tolerance: float = ONNX_TOLERANCE) -> ParityResult:
-    """Runs the file in ONNX Runtime at a batch size other than the export example's."""
+    """Runs the file in ONNX Runtime at a batch size other than the export example's. PyTorch runs
+    first and ONNX Runtime without its memory arena, so that the two never hold their activations at
+    the same time (SAM ViT-H at 1024 px, batch 3: several GiB each)."""
     import onnxruntime as ort
 
     inputs = spec.example(batch, seed=1)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(spec.outputs, {k: v.numpy() for k, v in inputs.items()})
     expected = torch_outputs(spec, inputs)
-    error = max(relative_error(e, g) for e, g in zip(expected, got))
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    got = session.run(spec.outputs, {k: v.numpy() for k, v in inputs.items()})
+    del session
+    error = output_error(spec, expected, got)
+    tolerance = max(tolerance, MATCHED_QUERY_TOLERANCE) if spec.parity == "matched_queries" else tolerance
     return ParityResult(spec.name, "onnx", int(next(iter(inputs.values())).shape[0]), error, tolerance)

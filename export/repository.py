@@ -204,6 +204,7 @@ def update_repository(
     model: BuboGPT,
     settings: RepositorySettings | None = None,
     grounding=None,
+    release: bool = False,
 ) -> dict[str, int]:
     """New weights into a repository that Triton may be serving: every network gets a new version.
 
@@ -223,7 +224,7 @@ def update_repository(
     staging_parent = Path(tempfile.mkdtemp(prefix=".update-", dir=repo.parent))
     try:
         staged = staging_parent / "repo"
-        results = write_repository(staged, model, manifest["backend"], settings, grounding=grounding)
+        results = write_repository(staged, model, manifest["backend"], settings, grounding=grounding, release=release)
         versions = {}
         for result in results:
             target = repo / result.name
@@ -246,11 +247,15 @@ def write_repository(
     settings: RepositorySettings | None = None,
     overwrite: bool = False,
     grounding=None,
+    release: bool = False,
 ) -> list[ParityResult]:
     """Exports every network, checks parity, writes configs and ensembles; atomic on success.
 
     `grounding` (a bubogpt.grounding.pipeline.GroundingPipeline) adds the tagger, detector and SAM
-    networks and the `grounding` ensemble.
+    networks and the `grounding` ensemble. `release` frees each network's weights once it is exported
+    (moved to the meta device: `model` and `grounding` are unusable after): at full size the modality
+    side and the grounding networks hold about 10 GiB in float32, and SAM ViT-H's parity check needs
+    what the exported ones held (the first full-size export ran out of 24 GiB there).
     """
     if backend not in ("onnx", "tensorrt"):
         raise ValueError(f"backend must be onnx or tensorrt, got {backend!r}")
@@ -272,6 +277,8 @@ def write_repository(
         results = []
         for spec in tqdm(specs, desc=f"export ({backend})", unit="model"):
             results.append(_export_network(staging, spec, settings, backend))
+            if release:
+                spec.module.to("meta")
         _write_pre_and_ensembles(staging, model, settings)
         if grounding is not None:
             _write_grounding(staging, grounding, settings)
@@ -399,5 +406,5 @@ def export_model_dir(model_dir: str | Path, out: str | Path, backend: str = "onn
     model = load_model(model_dir)
     pipeline = load_grounding(model_dir) if grounding and has_grounding(model_dir) else None
     if update:
-        return update_repository(out, model, settings=settings, grounding=pipeline)
-    return write_repository(out, model, backend=backend, settings=settings, overwrite=overwrite, grounding=pipeline)
+        return update_repository(out, model, settings=settings, grounding=pipeline, release=True)
+    return write_repository(out, model, backend=backend, settings=settings, overwrite=overwrite, grounding=pipeline, release=True)

@@ -31,6 +31,9 @@ class ExportSpec:
     make_example: Callable[[int], dict[str, torch.Tensor]] | None = None
     # TensorRT optimization profile for non-batch dynamic axes: input -> (min, opt, max) shapes
     trt_profile: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] | None = None
+    # how the parity check compares outputs (export.onnx_export.output_error): "elementwise", or
+    # "matched_queries" for outputs [logits, boxes] whose queries are a top-k selection
+    parity: str = "elementwise"
 
     def example(self, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
         torch.manual_seed(seed)
@@ -140,6 +143,9 @@ def grounding_specs(pipeline) -> list[ExportSpec]:
             },
             max_batch_size=0,
             make_example=detector_example,
+            # its 900 queries are the top-k of ~20k encoder proposals; near-ties flip a few between any
+            # two runs (full size, random weights: torch at 1 vs 2 threads differs as much as ONNX Runtime)
+            parity="matched_queries",
             trt_profile={
                 "PIXELS": ((1, 3, 512, 512), (1, 3, 800, 1066), (1, 3, 1333, 1333)),
                 **{name: ((1, 1), (1, 32), (1, dcfg.max_text_len)) for name in ("INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS", "POSITION_IDS")},
