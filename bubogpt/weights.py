@@ -76,12 +76,17 @@ def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: 
         raise WeightsError(f"{source}: " + "; ".join(problems))
 
 
+def tensors_to_save(module: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The module's state as safetensors takes it: contiguous clones (it refuses shared or strided
+    storage), floating-point tensors cast to `dtype` when given (loading casts them back)."""
+    return {k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous().clone()
+            for k, v in module.state_dict().items()}
+
+
 def save_component(module: nn.Module, config: dict[str, Any], directory: Path, name: str,
                    dtype: torch.dtype | None = None) -> None:
     """`dtype` casts floating-point tensors on disk (loading casts them back to the module's)."""
-    # contiguous clones: safetensors refuses shared or strided storage
-    tensors = {k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous().clone()
-               for k, v in module.state_dict().items()}
+    tensors = tensors_to_save(module, dtype)
     save_file(tensors, str(directory / f"{name}.safetensors"), metadata={"component": name})
     (directory / f"{name}.json").write_text(json.dumps(config, indent=2) + "\n")
 

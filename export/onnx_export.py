@@ -69,16 +69,20 @@ def gather_external_data(exported: Path, path: Path) -> None:
     import onnx
 
     graph = onnx.load(str(exported))  # reads the per-tensor files back in
-    data = path.with_name(path.name + ".data")
+    data = external_data_path(path)
     data.unlink(missing_ok=True)
     onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
     log.info("%s: %.2f GB of weights in %s", path, data.stat().st_size / 1e9, data.name)
 
 
+def external_data_path(path: Path) -> Path:
+    return path.with_name(path.name + ".data")
+
+
 def onnx_files(path: Path) -> list[Path]:
     """The .onnx file and its external data file, where it has one."""
-    data = path.with_name(path.name + ".data")
+    data = external_data_path(path)
     return [path, data] if data.exists() else [path]
 
 

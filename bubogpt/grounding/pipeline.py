@@ -251,8 +251,9 @@ def build_random_grounding(preset: str, out: Path, tag_threshold: float | None =
 
 
 def _save_tensors(module: torch.nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:
-    save_file({k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous().clone()
-               for k, v in module.state_dict().items()}, str(path))
+    from bubogpt.weights import tensors_to_save
+
+    save_file(tensors_to_save(module, dtype), str(path))
 
 
 def _load_tensors(module: torch.nn.Module, path: Path) -> None:
