@@ -28,6 +28,15 @@ log = logging.getLogger(__name__)
 _instances = itertools.count()
 
 
+class TritonCrashed(RuntimeError):
+    """Triton crashed (aborted, segfaulted) before it was ready."""
+
+
+# signals a process raises on itself when it crashes; SIGTERM / SIGKILL come from outside (a shutdown,
+# an operator, the OOM killer) and are not a reason to start Triton again
+_CRASH_SIGNALS = {signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE}
+
+
 @dataclass
 class TritonPorts:
     http: int = 8000
@@ -100,7 +109,27 @@ class TritonServer:
         ]
         return [str(binary), *args, *self.extra_args], env
 
-    def start(self, timeout: float = 180.0) -> "TritonServer":
+    def start(self, timeout: float = 180.0, crash_retries: int = 2) -> "TritonServer":
+        """Starts Triton and waits until it is ready.
+
+        A Triton that crashes while it loads (seen once in our CI: an abort in the python backend's
+        shared-memory locking, boost::interprocess::lock_exception, triton-inference-server/server#8882,
+        intermittent and open upstream) is started again, up to `crash_retries` times, with fresh
+        shared-memory regions. A Triton that exits with an error code (a bad repository, a port in use)
+        or is killed from outside (SIGTERM, SIGKILL) is not: that would fail the same way again.
+        """
+        for attempt in range(crash_retries + 1):
+            try:
+                return self._start_once(timeout)
+            except TritonCrashed as exc:
+                if attempt == crash_retries:
+                    raise
+                log.warning("Triton crashed during start-up (%s); starting it again (%d of %d)",
+                            exc, attempt + 1, crash_retries)
+                self.shm_prefix = f"bubo_triton_{os.getpid()}_{next(_instances)}_"
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> "TritonServer":
         command, env = self.command()
         log.info("starting Triton: %s", " ".join(command))
         if self.log_path:
@@ -160,8 +189,9 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(
-                    f"Triton exited with code {self.process.returncode} during start-up"
+                code = self.process.returncode
+                raise (TritonCrashed if -code in _CRASH_SIGNALS else RuntimeError)(
+                    f"Triton exited with code {code} during start-up"
                     + (f"; see {self.log_path}; its last lines:\n{self.log_tail()}" if self.log_path else "")
                 )
             if self.is_ready():
@@ -216,7 +246,8 @@ class TritonServer:
         return self.start(timeout)
 
     def __enter__(self) -> "TritonServer":
-        return self.start()
+        # `with TritonServer(...).start(timeout) as t` must not start a second Triton on the same ports
+        return self if self.process is not None else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()

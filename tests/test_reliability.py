@@ -101,11 +101,17 @@ def probe(stub):
 
 def test_fifty_random_cancels_leave_triton_running_and_grounding_right(served, stub, probe):
     """Grounded chats cancelled at random points (0-6 events, or 0-1.2 s: during encoding, grounding,
-    generation and matching), four at a time, each on a fresh picture so that Triton really works on it."""
+    generation and matching), four at a time, each on a fresh picture so that Triton really works on it.
+    Every tenth is cancelled before its first read, so that a cancel before the first event is in the plan
+    however fast the stack answers (a timer alone stopped reaching it once the first event came in < 0.1 s)."""
     probe, before = probe
     triton_pid = served.triton_pid()
     rng = random.Random(13)
-    plans = [(scene_image(100 + i), rng.randrange(0, 7) if i % 2 else None, rng.uniform(0, 1.2)) for i in range(50)]
+    plans = []
+    for i in range(50):
+        after_events = 0 if i % 10 == 5 else rng.randrange(1, 7) if i % 2 else None
+        after_s = rng.uniform(0, 0.1) if i % 4 == 0 else rng.uniform(0, 1.2)  # a quarter during encoding
+        plans.append((scene_image(100 + i), after_events, after_s))
     stages = []
 
     def cancel(image, after_events, after_s):
