@@ -14,8 +14,8 @@ outside, sampled every 0.2 s), one at a time because the machine holds one full-
           from Triton's own statistics (compute_infer per model, after a warm-up request)
   vllm    vLLM's CPU build loads the 7B directory with our plugin (the served "mm" route) and
           generates 16 tokens with the image and audio embeddings the triton step returned
-  serve   the whole frontend, only where the measured peaks of triton and vllm fit in memory together;
-          otherwise the record says why
+  serve   a verdict, not a run: whether the measured peaks of triton and vllm fit in this machine's
+          memory together (what `bubo serve --weights` on it needs), and if not, why
 Results: results.json (per step: command, wall s, peak RSS, files and sizes, what the step measured)
 and README.md (the tables). A failed step is recorded with its log tail and the run goes on where
 the next step does not depend on it.
@@ -146,13 +146,20 @@ def triton_step(work: Path, out: Path) -> dict:
     import tritonclient.grpc as grpcclient
 
     from bubogpt.samples import make_audio_bytes
+    from serving.app import free_port
     from serving.triton import TritonPorts, TritonServer
 
     repo = work / "repo"
-    ports = TritonPorts(http=18100, grpc=18101, metrics=18102)
-    record: dict = {}
+    ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    record: dict = {"model_load_threads": 1}
     start = time.perf_counter()
-    with TritonServer(repo, ports, log_path=out / "tritonserver.log").start(timeout=1800) as server:
+    # one model loads at a time (Triton's default is four at once): ONNX Runtime holds a graph's
+    # weights twice while it builds a session, and the machine has 24 GiB for a 20 GiB peak
+    server = TritonServer(repo, ports, log_path=out / "tritonserver.log", extra_args=["--model-load-thread-count=1"])
+    # not `with server.start()`: entering the context starts a second Triton on the same ports (both
+    # earlier tries failed that way, "Socket already in use", after the first one was ready)
+    server.start(timeout=1800)
+    try:
         record["triton_ready_s"] = round(time.perf_counter() - start, 1)
         client = grpcclient.InferenceServerClient(server.url_grpc)
         inputs = {"image_embed": ("IMAGE", photo_bytes()), "audio_embed": ("AUDIO", make_audio_bytes(seconds=5.0)),
@@ -188,6 +195,8 @@ def triton_step(work: Path, out: Path) -> dict:
             per_model[entry["name"]] = {"requests": count, "compute_infer_ms": round(int(infer["ns"]) / count / 1e6, 1),
                                         "request_ms": round(int(success["ns"]) / count / 1e6, 1)}
         record["per_model_batch1"] = per_model
+    finally:
+        server.stop()
     return record
 
 
@@ -247,9 +256,12 @@ def command_of(step: str, work: Path, out: Path) -> list[str]:
 
 
 def serve_verdict(records: dict, total_memory: int) -> dict:
-    need = records["triton"].get("peak_rss_bytes", 0) + records["vllm"].get("peak_rss_bytes", 0)
+    need = records.get("triton", {}).get("peak_rss_bytes", 0) + records.get("vllm", {}).get("peak_rss_bytes", 0)
     verdict = {"step": "serve", "needs_bytes": need, "machine_bytes": total_memory}
-    if need >= 0.9 * total_memory:
+    missing = [step for step in ("triton", "vllm") if "peak_rss_bytes" not in records.get(step, {}) or "error" in records[step]]
+    if missing:
+        verdict["skipped"] = f"the {' and '.join(missing)} step{'s' if len(missing) > 1 else ''} did not complete"
+    elif need >= 0.9 * total_memory:
         verdict["skipped"] = (f"Triton with the full-size networks ({_gib(records['triton']['peak_rss_bytes'])} at its peak) and "
                               f"vLLM with the 7B model ({_gib(records['vllm']['peak_rss_bytes'])}) need {_gib(need)} together; "
                               f"this machine has {_gib(total_memory)} and no swap")
@@ -269,9 +281,12 @@ def write_readme(out: Path, records: list[dict]) -> None:
         else:
             result = {"init": lambda: f"model directory {_gib(sum(r.get('files', {}).values()))}",
                       "export": lambda: f"repository {_gib(sum(r.get('onnx_files', {}).values()))} of ONNX",
-                      "triton": lambda: f"ready in {r.get('triton_ready_s')} s; grounding: {r.get('grounding')}",
-                      "vllm": lambda: f"ready in {r.get('vllm_ready_s')} s; {r.get('second', {})}",
-                      "serve": lambda: "served"}[r["step"]]()
+                      "vllm": lambda: (f"ready in {r.get('vllm_ready_s')} s; second answer: TTFT {r['second']['ttft_s']} s "
+                                       f"({r['second']['prompt_tokens']} prompt tokens), {r['second']['decode_ms_per_token']} "
+                                       f"ms per token; greedy tokens repeat: {r.get('greedy_repeats')}"),
+                      "triton": lambda: (f"ready in {r.get('triton_ready_s')} s; per request (s, first is warm-up): "
+                                         + "; ".join(f"{m} {t}" for m, t in r.get("request_s", {}).items())),
+                      "serve": lambda: f"fits: {_gib(r['needs_bytes'])} of {_gib(r['machine_bytes'])}"}[r["step"]]()
         lines.append(f"| {r['step']} | {r.get('wall_s', '')} | {_gib(r['peak_rss_bytes']) if r.get('peak_rss_bytes') else ''} | {result} |")
     for r in records:
         if r.get("files") or r.get("onnx_files"):

@@ -44,7 +44,7 @@ ENCODER_ENSEMBLES = {"image_embed": "IMAGE", "audio_embed": "AUDIO", "grounding"
 class SuiteSettings:
     concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     per_client: int = 4
-    min_requests: int = 8
+    min_requests: int = 16  # c=1: 4 requests of each kind, so that its TTFT p50 is not one request's
     max_requests: int = 64
     time_cap_s: float = 60.0
     max_new_tokens: int = 32

@@ -113,19 +113,28 @@ MATCHED_QUERY_TOLERANCE = 1e-2
 def matched_query_error(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
     """[logits, boxes] of a detector whose queries are a top-k selection: near-ties in the scores swap a
     few proposals in or out (and reorder them) between runs that differ only in rounding, so queries are
-    paired by box first; the error is `relative_error` over the paired ones, inf if under 99 % pair."""
+    paired one to one by box first (an assignment, so that two queries on one box pair with two); the
+    error is `relative_error` over the paired ones, inf if under 99 % pair."""
+    from scipy.optimize import linear_sum_assignment
+
     (logits_e, boxes_e), (logits_g, boxes_g) = expected[:2], got[:2]
     if boxes_e.shape != boxes_g.shape or logits_e.shape != logits_g.shape:
         return float("inf")
     errors = []
     for b in range(boxes_e.shape[0]):
         distance = np.abs(boxes_e[b][:, None, :] - boxes_g[b][None, :, :]).max(-1)
-        pair = distance.argmin(1)
-        paired = distance[np.arange(len(pair)), pair] <= MATCH_DISTANCE
-        if paired.mean() < MIN_MATCHED or len(set(pair[paired].tolist())) < paired.sum():
+        close = distance <= MATCH_DISTANCE
+        # every pair beyond the distance costs the same (1), so that the assignment pairs as many as it
+        # can and never trades a true pair for a nearer miss; queries on one box go by their top logit
+        top_e, top_g = (np.where(np.isfinite(x[b]), x[b], -np.inf).max(-1) for x in (logits_e, logits_g))
+        tie = np.nan_to_num(np.minimum(np.abs(top_e[:, None] - top_g[None, :]), 1.0), nan=0.0)
+        rows, cols = linear_sum_assignment(np.where(close, distance + 1e-6 * tie, 1.0))
+        paired = close[rows, cols]
+        if paired.sum() < MIN_MATCHED * len(boxes_e[b]):
             return float("inf")
-        errors.append(relative_error(logits_e[b][paired], logits_g[b][pair[paired]]))
-        errors.append(relative_error(boxes_e[b][paired], boxes_g[b][pair[paired]]))
+        rows, cols = rows[paired], cols[paired]
+        errors.append(relative_error(logits_e[b][rows], logits_g[b][cols]))
+        errors.append(relative_error(boxes_e[b][rows], boxes_g[b][cols]))
     return max(errors)
 
 

@@ -70,7 +70,11 @@ class RepositorySettings:
     execution_env: str | None = None  # venv the python-backend models run in
     max_image_pixels: int = 40_000_000
     max_audio_seconds: float = 600.0
+    # ONNX Runtime threads per CPU model instance (0: a pool of one per core). The pool's threads must not
+    # spin when idle: a served stack runs a dozen python-backend models and vLLM on the same cores, and on 2
+    # cores spinning pools cost 1.8x in c=16 throughput and 1.9x in c=1 TTFT (benchmarks/README.md, ORT threads).
     intra_op_threads: int = 0
+    allow_spinning: bool = False
     encoders: BatchingSettings | None = None  # None: the measured defaults for the device
     preprocess: BatchingSettings | None = None
 
@@ -188,7 +192,8 @@ def _export_network(repo: Path, spec: ExportSpec, settings: RepositorySettings, 
         (repo / spec.name / "config.pbtxt").write_text(config)
         return result
     shutil.copy(TEMPLATES / "onnx_runtime" / "model.py", version / "model.py")
-    (version / "bubo.json").write_text(json.dumps({"intra_op_threads": settings.intra_op_threads}) + "\n")
+    (version / "bubo.json").write_text(json.dumps({"intra_op_threads": settings.intra_op_threads,
+                                                   "allow_spinning": settings.allow_spinning}) + "\n")
     config = model_config(spec.name, inputs_cfg, outputs_cfg, batching, device=settings.device, execution_env=settings.execution_env)
     (repo / spec.name / "config.pbtxt").write_text(config)
     return result
@@ -350,7 +355,8 @@ def _write_grounding(repo: Path, pipeline, settings: RepositorySettings) -> None
              ("SAM_PIXELS", "TYPE_FP32", [3, sam_size, sam_size]), ("SIZES", "TYPE_INT32", [4])],
             batching, execution_env=settings.execution_env,
         ),
-        {"max_pixels": settings.max_image_pixels, "tagger": cfg.tagger, "detector": cfg.detector, "segmenter": cfg.segmenter},
+        {"max_pixels": settings.max_image_pixels, "tagger": cfg.tagger, "detector": cfg.detector, "segmenter": cfg.segmenter,
+         "torch_threads": 1},
     )
     embeddings = [pipeline.segmenter_encoder.config.prompt_embed_dim, pipeline.segmenter_encoder.config.embed_size, pipeline.segmenter_encoder.config.embed_size]
     outputs = [("TAGS", "TYPE_STRING", [-1]), ("LABELS", "TYPE_STRING", [-1]), ("SCORES", "TYPE_FP32", [-1]),
@@ -392,7 +398,7 @@ def print_summary(results: list[ParityResult]) -> None:
 
 
 def export_model_dir(model_dir: str | Path, out: str | Path, backend: str = "onnx", *, grounding: bool = True,
-                     overwrite: bool = False, update: bool = False) -> list[ParityResult] | dict[str, int]:
+                     overwrite: bool = False, update: bool = False, intra_op_threads: int = 0) -> list[ParityResult] | dict[str, int]:
     """A model directory (our format) -> a Triton repository: what `bubo export` and `bubo serve` (its cached
     repository) both do. `grounding` adds the grounding networks when the directory has them; `update`
     adds new versions to an existing repository instead (`update_repository`)."""
@@ -402,7 +408,7 @@ def export_model_dir(model_dir: str | Path, out: str | Path, backend: str = "onn
 
     env = model_env_dir()
     settings = RepositorySettings(device="cuda" if backend == "tensorrt" else "cpu",
-                                  execution_env=str(env) if env.is_dir() else None)
+                                  execution_env=str(env) if env.is_dir() else None, intra_op_threads=intra_op_threads)
     model = load_model(model_dir)
     pipeline = load_grounding(model_dir) if grounding and has_grounding(model_dir) else None
     if update:

@@ -3,6 +3,10 @@ exported networks released (benchmarks/full_size.py runs both at the bubogpt-7b 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -62,3 +66,55 @@ def test_release_frees_each_exported_network(tmp_path):
                [onnx.numpy_helper.to_array(t).tobytes() for t in b.graph.initializer], name
     for config in (tmp_path / "kept").glob("*/config.pbtxt"):
         assert (tmp_path / "released" / config.relative_to(tmp_path / "kept")).read_text() == config.read_text()
+    # every ONNX Runtime model gets the thread settings: a pool per core whose threads do not spin when idle
+    onnx_models = [p.parent for p in (tmp_path / "kept").glob("*/1/model.onnx")]
+    assert len(onnx_models) >= 4
+    for version in onnx_models:
+        assert json.loads((version / "bubo.json").read_text()) == {"intra_op_threads": 0, "allow_spinning": False}
+
+
+def test_export_refuses_a_negative_thread_count(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bubo_cli", "export", "--onnx-threads", "-1", "--out", str(tmp_path / "r")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == ["bubo export: --onnx-threads: -1: use 0 (one per core) or more"]
+
+
+def _detections(queries: int = 900, classes: int = 16, batch: int = 2, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(batch, queries, classes)).astype(np.float32),
+            rng.uniform(0.05, 0.95, size=(batch, queries, 4)).astype(np.float32)]
+
+
+def test_matched_query_error_pairs_queries_by_box():
+    """The detector's parity: a reordering of the top-k queries is no error, a few queries swapped in or
+    out are left unpaired, a difference on the paired ones is measured exactly, and too few pairs fail."""
+    from export.onnx_export import MIN_MATCHED, matched_query_error, relative_error
+
+    expected = _detections()
+    assert matched_query_error(expected, expected) == 0.0
+    order = np.random.default_rng(1).permutation(900)
+    shuffled = [expected[0][:, order], expected[1][:, order]]
+    assert matched_query_error(expected, shuffled) == 0.0
+    assert relative_error(expected[0], shuffled[0]) > 0.5  # what the in-order comparison said
+
+    swapped = [a.copy() for a in shuffled]
+    few = int(900 * (1 - MIN_MATCHED)) - 1  # under 1 %: proposals that left the top-k on a near-tie
+    swapped[1][:, :few] = 2.0 + np.arange(few)[None, :, None]  # boxes no expected query is near
+    swapped[0][:, :few] = 100.0  # their logits must not count
+    assert matched_query_error(expected, swapped) == 0.0
+
+    nudged = [a.copy() for a in shuffled]
+    nudged[0][1, 5, 3] += 0.25  # one logit of one paired query, in the second image
+    scale = np.abs(expected[0][1]).max()
+    assert np.isclose(matched_query_error(expected, nudged), 0.25 / scale, rtol=1e-5)
+
+    many = [a.copy() for a in shuffled]
+    many[1][0, :few + 3] = 5.0 + np.arange(few + 3)[:, None]  # over 1 % unpaired in the first image
+    assert matched_query_error(expected, many) == float("inf")
+
+    twins = [expected[0], expected[1].copy()]
+    twins[1][0, 1] = twins[1][0, 0]  # two queries on one box pair with two, not both with one
+    twins[0][0, 1] = twins[0][0, 0] + 1.0
+    assert matched_query_error(twins, [twins[0][:, ::-1], twins[1][:, ::-1]]) == 0.0
+    assert matched_query_error(expected, [expected[0][:, :899], expected[1][:, :899]]) == float("inf")

@@ -9,6 +9,7 @@ import json
 import os
 
 import numpy as np
+import torch
 import triton_python_backend_utils as pb_utils
 
 from bubogpt.grounding import grounding_dino, ram, sam
@@ -25,6 +26,9 @@ class TritonPythonModel:
         self.tagger_cfg = ram.RAM_PRESETS[settings["tagger"]]
         self.detector_cfg = GDINO_PRESETS[settings["detector"]]
         self.sam_cfg = sam.SAM_PRESETS[settings["segmenter"]]
+        # resizes of one picture: a thread pool as wide as the machine only spins against the other
+        # stubs and ONNX Runtime (benchmarks/grounding_profile.py measures both)
+        torch.set_num_threads(int(settings.get("torch_threads", 1)))
 
     def execute(self, requests):
         responses = []

@@ -19,7 +19,13 @@ class TritonPythonModel:
         with open(os.path.join(version_dir, "bubo.json")) as handle:
             settings = json.load(handle)
         options = ort.SessionOptions()
+        # bubo.json's defaults (export/repository.py says why): a pool of one thread per core that does not spin
         options.intra_op_num_threads = int(settings.get("intra_op_threads", 0))
+        if not settings.get("allow_spinning", False):
+            # idle pool threads sleep instead of spinning: on a few cores shared by many stubs and vLLM,
+            # a spinning pool takes the CPU that the next request's work needs
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         if args.get("model_instance_kind") != "GPU":
             providers = ["CPUExecutionProvider"]
