@@ -34,13 +34,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _latest_onnx(repo: Path, name: str) -> Path:
-    versions = sorted((int(p.name), p) for p in (repo / name).iterdir() if p.is_dir() and p.name.isdigit())
-    return versions[-1][1] / "model.onnx"
+def front_end(repo: Path, modality: str):
+    """The front end the repository's model for `modality` runs, with its settings (either layout)."""
+    from bubogpt.onnx_embedder import FrontEnd
 
-
-def _settings(repo: Path, name: str) -> dict:
-    return json.loads((repo / name / "1" / "bubo.json").read_text())
+    fused = json.loads((repo / "bubo_repository.json").read_text()).get("fused_embeds", False)
+    model = {"image": "image_embed", "audio": "audio_embed"}[modality] if fused else f"{modality}_preprocess"
+    settings = json.loads((repo / model / "1" / "bubo.json").read_text())
+    return FrontEnd.from_settings(modality, settings), settings
 
 
 class Stages:
@@ -57,19 +58,14 @@ class Stages:
 
 def encode_all(requests, repo: Path, encoder_batch: int, stages: Stages) -> dict[bytes, np.ndarray]:
     """Embeddings of every distinct picture and sound of `requests`, keyed by content hash."""
-    import onnxruntime as ort
     import torch
 
-    from bubogpt.audio_features import audio_bytes_to_clips
-    from bubogpt.config import AudioEncoderConfig, VisionEncoderConfig
-    from bubogpt.image import decode_image, preprocess_to_array
+    from bubogpt.onnx_session import ort_session
+    from export.repository import network_onnx
 
-    image_settings, audio_settings = _settings(repo, "image_preprocess"), _settings(repo, "audio_preprocess")
-    vision = VisionEncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in image_settings["vision"].items()})
-    audio = AudioEncoderConfig(**audio_settings["audio"])
-    sessions = {name: ort.InferenceSession(str(_latest_onnx(repo, name)), providers=["CPUExecutionProvider"])
-                for name in ("vision_encoder", "vision_qformer", "audio_encoder", "audio_qformer")}
-    torch.set_num_threads(int(audio_settings.get("torch_threads", 1)))  # as the audio_preprocess model runs
+    front_ends = {modality: front_end(repo, modality) for modality in ("image", "audio")}
+    sessions = {name: ort_session(network_onnx(repo, name)) for name in ("vision_encoder", "vision_qformer", "audio_encoder", "audio_qformer")}
+    torch.set_num_threads(int(front_ends["audio"][1].get("torch_threads", 1)))  # as the served audio front end runs
 
     inputs: dict[str, dict[bytes, np.ndarray]] = {"image": {}, "audio": {}}
     for request in requests:
@@ -78,10 +74,7 @@ def encode_all(requests, repo: Path, encoder_batch: int, stages: Stages) -> dict
             if not data or key in inputs[modality]:
                 continue
             start = time.perf_counter()
-            if modality == "image":
-                array = preprocess_to_array(decode_image(data, int(image_settings["max_pixels"])), vision)
-            else:
-                array = audio_bytes_to_clips(data, audio, max_seconds=float(audio_settings["max_seconds"])).numpy().astype(np.float32)
+            array = front_ends[modality][0](data)
             stages.add(f"{modality} front end", time.perf_counter() - start)
             inputs[modality][key] = array
 

@@ -4,17 +4,57 @@ every round, so that drift hits every setting alike. Each round has its own seed
 embeddings by content, and a repeated picture would skip the encoders. The baseline (demo, one process)
 runs the round-0 seed's requests after the servers are stopped.
 
-Used by the comparisons in benchmarks/results/*/interleaved.py (ONNX Runtime threads, vLLM's executor).
+Used by the comparisons in benchmarks/results/*/interleaved.py (ONNX Runtime threads, vLLM's executor,
+the embedding models' layout), through `compare_serve_variants`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 from benchmarks.loadgen import level_line, run_sweep
 from benchmarks.serve_process import ServeProcess
+from benchmarks.suites import SuiteSettings
+
+
+def e2e_sweep(concurrencies=(1, 16)) -> dict:
+    """run_sweep's level arguments as the e2e suite has them, at `concurrencies`."""
+    e2e = SuiteSettings()
+    return dict(concurrencies=list(concurrencies), per_client=e2e.per_client, min_requests=e2e.min_requests,
+                max_requests=e2e.max_requests, time_cap_s=e2e.time_cap_s, max_new_tokens=e2e.max_new_tokens)
+
+
+def compare_serve_variants(variants: dict[str, list[str]], out_path: str | Path, rounds: int, record: dict,
+                           sweep: dict | None = None) -> dict:
+    """One `bubo serve` per variant (its extra command-line arguments), all started, `rounds` interleaved
+    rounds, the servers stopped, then the baseline. `record` (what the variants are) is written to
+    `out_path` with the rounds after every round, and with the baseline at the end."""
+    sweep = sweep or e2e_sweep()
+    cache = Path.home() / ".cache" / "bubogpt"
+    scratch = Path(tempfile.mkdtemp(prefix="bubo-interleave-"))
+    out = {"sweep": sweep, **record, "rounds": []}
+
+    def save(done: list[dict]) -> None:
+        out["rounds"] = done
+        Path(out_path).write_text(json.dumps(out, indent=2))
+
+    servers: dict[str, ServeProcess] = {}
+    try:
+        for name, extra in variants.items():
+            servers[name] = ServeProcess(cache, scratch / f"{name.replace(' ', '-').replace(',', '')}.log", extra).start()
+        time.sleep(5)  # let every stack's start-up work settle
+        done = interleaved_rounds(servers, rounds, sweep, after_round=save)
+    finally:
+        for server in servers.values():
+            server.stop()
+    out["baseline"] = baseline_sweep(sweep)
+    save(done)
+    return out
 
 
 def interleaved_rounds(servers: dict[str, ServeProcess], rounds: int, sweep: dict,

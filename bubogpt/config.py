@@ -129,21 +129,24 @@ class BuboConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BuboConfig":
-        def build(kind, values):
-            known = {f.name for f in dataclasses.fields(kind)}
-            unknown = set(values) - known
-            if unknown:
-                raise ValueError(f"{kind.__name__}: unknown fields {sorted(unknown)}")
-            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
         return cls(
             name=data["name"],
-            vision=build(VisionEncoderConfig, data["vision"]),
-            vision_qformer=build(QFormerConfig, data["vision_qformer"]),
-            audio=build(AudioEncoderConfig, data["audio"]),
-            audio_qformer=build(QFormerConfig, data["audio_qformer"]),
-            llm=build(LLMConfig, data["llm"]),
+            vision=part_from_dict(VisionEncoderConfig, data["vision"]),
+            vision_qformer=part_from_dict(QFormerConfig, data["vision_qformer"]),
+            audio=part_from_dict(AudioEncoderConfig, data["audio"]),
+            audio_qformer=part_from_dict(QFormerConfig, data["audio_qformer"]),
+            llm=part_from_dict(LLMConfig, data["llm"]),
         )
+
+
+def part_from_dict(kind, values: dict[str, Any]):
+    """One part's config from its JSON form (`dataclasses.asdict`): lists become tuples again, and an
+    unknown field is an error naming it."""
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"{kind.__name__}: unknown fields {sorted(unknown)}")
+    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def bubogpt_7b() -> BuboConfig:

@@ -25,18 +25,21 @@ def _export(args: argparse.Namespace) -> int:
         raise SystemExit(f"--preset {args.preset} needs --weights DIR (see `bubo convert`); only nano is built in")
     if args.onnx_threads < 0:
         raise SystemExit(f"--onnx-threads: {args.onnx_threads}: use 0 (one per core) or more")
+    if args.layout == "fused" and args.backend == "tensorrt":
+        raise SystemExit("--layout fused: TensorRT repositories keep one Triton model per network (use --layout ensemble)")
+    fused = None if args.layout is None else args.layout == "fused"
     out = Path(args.out)
     if args.update:
         if not (out / "bubo_repository.json").is_file():
             raise SystemExit(f"--update: {out} is not a repository written by `bubo export`")
         versions = export_model_dir(source, out, args.backend, grounding=not args.no_grounding, update=True,
-                                    intra_op_threads=args.onnx_threads)
+                                    intra_op_threads=args.onnx_threads)  # the repository's own layout
         print(f"new versions in {out}: {versions}")
         return 0
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise SystemExit(f"--out: {out} exists and is not empty; pass --overwrite to replace it (or --update to add versions)")
     export_model_dir(source, out, args.backend, grounding=not args.no_grounding, overwrite=True,
-                     intra_op_threads=args.onnx_threads)
+                     intra_op_threads=args.onnx_threads, fused_embeds=fused)
     print(f"wrote Triton model repository {out}")
     return 0
 
@@ -58,6 +61,9 @@ def register(sub) -> None:
     export.add_argument("--no-grounding", action="store_true", help="leave the grounding networks out")
     export.add_argument("--onnx-threads", type=int, default=0,
                         help="ONNX Runtime threads per CPU model instance (default 0: one per core; they sleep when idle)")
+    export.add_argument("--layout", choices=("fused", "ensemble"), default=None,
+                        help="image_embed / audio_embed as one python model each (fused: the default with --backend onnx) "
+                             "or as an ensemble of preprocess, encoder and Q-Former models (ensemble: the TensorRT layout)")
     export.add_argument("--update", action="store_true",
                         help="add the weights as new versions of an existing repository (a polling Triton loads them live)")
     export.set_defaults(func=_export)

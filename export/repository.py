@@ -1,12 +1,21 @@
 """Writes a complete Triton model repository: networks, python pre-processing models, ensembles.
 
+GPU repositories (TensorRT plans, dynamic batching per network) keep one Triton model per step:
+
     REPO/
       image_preprocess/{config.pbtxt, 1/model.py, 1/bubo.json}
       audio_preprocess/...
-      vision_encoder/{config.pbtxt, 1/model.onnx (+ model.py, bubo.json) | 1/model.plan}
+      vision_encoder/{config.pbtxt, 1/model.plan | 1/model.onnx + model.py + bubo.json}
       vision_qformer/ audio_encoder/ audio_qformer/
       image_embed/{config.pbtxt, 1/}      ensemble: IMAGE bytes -> EMBEDS [32, llm_width]
       audio_embed/{config.pbtxt, 1/}      ensemble: AUDIO bytes -> EMBEDS [32, llm_width]
+
+CPU repositories fuse each modality into one python-backend model (front end, encoder and Q-Former
+in one process: no shared-memory hop between them, two stubs fewer; `RepositorySettings.fused_embeds`):
+
+    REPO/
+      image_embed/{config.pbtxt, 1/model.py, 1/bubo.json, 1/vision_encoder/model.onnx, 1/vision_qformer/model.onnx}
+      audio_embed/{..., 1/audio_encoder/model.onnx, 1/audio_qformer/model.onnx}
 
 Everything is built in a staging directory next to REPO and moved into place only when every
 artefact passed its parity check, so a failed export never leaves a half-written repository.
@@ -77,9 +86,14 @@ class RepositorySettings:
     allow_spinning: bool = False
     encoders: BatchingSettings | None = None  # None: the measured defaults for the device
     preprocess: BatchingSettings | None = None
+    # one python model per modality instead of the three-model ensemble (None: on CPU; GPU repositories
+    # keep a Triton model per network for their TensorRT plans). Measured: benchmarks/README.md, "fused"
+    fused_embeds: bool | None = None
 
     def __post_init__(self) -> None:
         gpu = self.device == "cuda"
+        if self.fused_embeds is None:
+            self.fused_embeds = not gpu
         if self.encoders is None:
             self.encoders = GPU_ENCODERS if gpu else CPU_ENCODERS
         if self.preprocess is None:
@@ -169,13 +183,43 @@ def triton_dims(spec: ExportSpec, name: str, shape) -> list[int]:
     return dims[1:] if spec.max_batch_size > 0 else dims
 
 
-def _export_network(repo: Path, spec: ExportSpec, settings: RepositorySettings, backend: str) -> ParityResult:
+# the embedding networks per modality: (Triton model, front-end input, encoder, Q-Former)
+EMBEDDING_MODELS = {
+    "image": ("image_embed", "IMAGE", "vision_encoder", "vision_qformer"),
+    "audio": ("audio_embed", "AUDIO", "audio_encoder", "audio_qformer"),
+}
+
+
+def holding_model(network: str, fused: bool) -> str:
+    """The Triton model whose version directory holds `network`'s file."""
+    if fused:
+        for model, _, encoder, qformer in EMBEDDING_MODELS.values():
+            if network in (encoder, qformer):
+                return model
+    return network
+
+
+def network_onnx(repo: str | Path, network: str) -> Path:
+    """`network`'s ONNX file in the latest version of a repository of either layout."""
+    repo = Path(repo)
+    fused = json.loads((repo / "bubo_repository.json").read_text()).get("fused_embeds", False)
+    model_dir = repo / holding_model(network, fused)
+    latest = max((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()))
+    return model_dir / str(latest) / (f"{network}/model.onnx" if fused and model_dir.name != network else "model.onnx")
+
+
+def _export_network(repo: Path, spec: ExportSpec, settings: RepositorySettings, backend: str,
+                    standalone: bool = True) -> ParityResult:
+    """Exports and checks one network into REPO/name/1/. `standalone` False: the ONNX file only, for
+    a fused model to take in (no Triton model of its own)."""
     from export.onnx_export import torch_outputs
 
     version = repo / spec.name / "1"
     version.mkdir(parents=True, exist_ok=True)
     onnx_path = export_onnx(spec, version / "model.onnx")
     result = check_onnx(spec, onnx_path)
+    if not standalone:
+        return result
     example = spec.example(1)
     outputs = torch_outputs(spec, example)
     inputs_cfg = [(name, TRITON_TYPES[str(t.dtype)], triton_dims(spec, name, t.shape)) for name, t in example.items()]
@@ -217,7 +261,8 @@ def update_repository(
     directory is moved into place with one rename, so a Triton polling the repository
     (`--model-control-mode=poll`) never sees a half-written version; the ensembles reference version
     -1 (latest) and switch over as soon as Triton has loaded the new versions.
-    Returns {network: version}.
+    Returns {Triton model: version} for the models that hold networks (in a fused CPU repository
+    image_embed and audio_embed hold the encoders and Q-Formers).
     """
     repo = Path(repo).resolve()
     manifest_path = repo / "bubo_repository.json"
@@ -226,16 +271,19 @@ def update_repository(
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("config") != json.loads(json.dumps(model.config.to_dict())):
         raise ValueError(f"{repo} serves a model with another configuration; export a new repository instead")
+    # the new versions take the repository's layout, whatever the settings' default
+    settings = dataclasses.replace(settings or RepositorySettings(device="cuda" if manifest["backend"] == "tensorrt" else "cpu"),
+                                   fused_embeds=bool(manifest.get("fused_embeds", False)))
     staging_parent = Path(tempfile.mkdtemp(prefix=".update-", dir=repo.parent))
     try:
         staged = staging_parent / "repo"
         results = write_repository(staged, model, manifest["backend"], settings, grounding=grounding, release=release)
         versions = {}
-        for result in results:
-            target = repo / result.name
+        for name in dict.fromkeys(holding_model(r.name, settings.fused_embeds) for r in results):
+            target = repo / name
             version = next_version(target)
-            (staged / result.name / "1").rename(target / str(version))
-            versions[result.name] = version
+            (staged / name / "1").rename(target / str(version))
+            versions[name] = version
         manifest["versions"] = versions
         manifest["parity"] = [dataclasses.asdict(r) for r in results]
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -264,11 +312,13 @@ def write_repository(
     """
     if backend not in ("onnx", "tensorrt"):
         raise ValueError(f"backend must be onnx or tensorrt, got {backend!r}")
+    settings = settings or RepositorySettings(device="cuda" if backend == "tensorrt" else "cpu")
+    if settings.fused_embeds and backend == "tensorrt":
+        raise ValueError("fused embedding models run ONNX Runtime; TensorRT repositories keep one model per network")
     if backend == "tensorrt":
         from export.tensorrt_build import require_tensorrt
 
         require_tensorrt()
-    settings = settings or RepositorySettings(device="cuda" if backend == "tensorrt" else "cpu")
     out = Path(out).resolve()
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
@@ -279,12 +329,16 @@ def write_repository(
         specs = modality_specs(model)
         if grounding is not None:
             specs += grounding_specs(grounding)
+        fused = {network for _, _, *networks in EMBEDDING_MODELS.values() for network in networks} if settings.fused_embeds else set()
         results = []
         for spec in tqdm(specs, desc=f"export ({backend})", unit="model"):
-            results.append(_export_network(staging, spec, settings, backend))
+            results.append(_export_network(staging, spec, settings, backend, standalone=spec.name not in fused))
             if release:
                 spec.module.to("meta")
-        _write_pre_and_ensembles(staging, model, settings)
+        if settings.fused_embeds:
+            _write_fused_embeds(staging, model, settings)
+        else:
+            _write_pre_and_ensembles(staging, model, settings)
         if grounding is not None:
             _write_grounding(staging, grounding, settings)
         failed = [r for r in results if not r.ok]
@@ -294,7 +348,7 @@ def write_repository(
             raise ParityError(f"parity check failed for {names}; the repository was not written")
         (staging / "bubo_repository.json").write_text(
             json.dumps({"preset": cfg.name, "backend": backend, "config": cfg.to_dict(),
-                        "grounding": grounding is not None,
+                        "grounding": grounding is not None, "fused_embeds": settings.fused_embeds,
                         "parity": [dataclasses.asdict(r) for r in results]}, indent=2) + "\n"
         )
         if out.exists():
@@ -328,10 +382,8 @@ def _write_pre_and_ensembles(repo: Path, model: BuboGPT, settings: RepositorySet
     )
     embeds = [cfg.vision_qformer.num_queries, cfg.llm.hidden]
     batch = settings.encoders.max_batch_size
-    for name, (data_in, pre_model, pre_out, encoder, qformer) in {
-        "image_embed": ("IMAGE", "image_preprocess", "PIXELS", "vision_encoder", "vision_qformer"),
-        "audio_embed": ("AUDIO", "audio_preprocess", "CLIPS", "audio_encoder", "audio_qformer"),
-    }.items():
+    for modality, (name, data_in, encoder, qformer) in EMBEDDING_MODELS.items():
+        pre_model, pre_out = f"{modality}_preprocess", {"image": "PIXELS", "audio": "CLIPS"}[modality]
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
         steps = [
             (pre_model, {data_in: data_in}, {pre_out: "preprocessed"}),
@@ -340,6 +392,30 @@ def _write_pre_and_ensembles(repo: Path, model: BuboGPT, settings: RepositorySet
         ]
         config = ensemble_config(name, [(data_in, "TYPE_STRING", [1])], [("EMBEDS", "TYPE_FP32", embeds)], steps, batch)
         (repo / name / "config.pbtxt").write_text(config)
+
+
+def _write_fused_embeds(repo: Path, model: BuboGPT, settings: RepositorySettings) -> None:
+    """image_embed / audio_embed as one python model each, holding its two networks' ONNX files
+    (exported by `_export_network(..., standalone=False)` into REPO/network/1/, moved in here)."""
+    cfg = model.config
+    embeds = [cfg.vision_qformer.num_queries, cfg.llm.hidden]
+    modality_settings = {
+        "image": {"vision": dataclasses.asdict(cfg.vision), "max_pixels": settings.max_image_pixels},
+        "audio": {"audio": dataclasses.asdict(cfg.audio), "max_seconds": settings.max_audio_seconds, "torch_threads": 1},
+    }
+    for modality, (name, data_in, encoder, qformer) in EMBEDDING_MODELS.items():
+        version = repo / name / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        for network in (encoder, qformer):
+            (repo / network / "1").rename(version / network)
+            shutil.rmtree(repo / network)
+        _write_python_model(
+            repo, name, "fused_embed",
+            model_config(name, [(data_in, "TYPE_STRING", [1])], [("EMBEDS", "TYPE_FP32", embeds)], settings.encoders,
+                         device=settings.device, execution_env=settings.execution_env),
+            {"modality": modality, **modality_settings[modality], "networks": [encoder, qformer],
+             "intra_op_threads": settings.intra_op_threads, "allow_spinning": settings.allow_spinning},
+        )
 
 
 def _write_grounding(repo: Path, pipeline, settings: RepositorySettings) -> None:
@@ -398,17 +474,20 @@ def print_summary(results: list[ParityResult]) -> None:
 
 
 def export_model_dir(model_dir: str | Path, out: str | Path, backend: str = "onnx", *, grounding: bool = True,
-                     overwrite: bool = False, update: bool = False, intra_op_threads: int = 0) -> list[ParityResult] | dict[str, int]:
+                     overwrite: bool = False, update: bool = False, intra_op_threads: int = 0,
+                     fused_embeds: bool | None = None) -> list[ParityResult] | dict[str, int]:
     """A model directory (our format) -> a Triton repository: what `bubo export` and `bubo serve` (its cached
     repository) both do. `grounding` adds the grounding networks when the directory has them; `update`
-    adds new versions to an existing repository instead (`update_repository`)."""
+    adds new versions to an existing repository instead (`update_repository`, in the repository's layout).
+    `fused_embeds` None: fused on CPU, an ensemble for TensorRT."""
     from bubogpt.grounding.pipeline import has_grounding, load_grounding
     from bubogpt.weights import load_model
     from export.triton_install import model_env_dir
 
     env = model_env_dir()
     settings = RepositorySettings(device="cuda" if backend == "tensorrt" else "cpu",
-                                  execution_env=str(env) if env.is_dir() else None, intra_op_threads=intra_op_threads)
+                                  execution_env=str(env) if env.is_dir() else None, intra_op_threads=intra_op_threads,
+                                  fused_embeds=fused_embeds)
     model = load_model(model_dir)
     pipeline = load_grounding(model_dir) if grounding and has_grounding(model_dir) else None
     if update:

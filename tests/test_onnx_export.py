@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import onnx
+import pytest
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from torch import nn
 from bubogpt.defaults import default_model_dir
 from bubogpt.weights import load_model
 from export.onnx_export import check_onnx, export_onnx, gather_external_data, onnx_files
-from export.repository import RepositorySettings, write_repository
+from export.repository import RepositorySettings, network_onnx, write_repository
 from export.specs import ExportSpec
 
 
@@ -60,17 +61,34 @@ def test_release_frees_each_exported_network(tmp_path):
     assert all(p.device.type == "meta" for p in released.parameters())
     assert all(p.device.type == "cpu" for p in kept.parameters())
     for name in ("vision_encoder", "vision_qformer", "audio_encoder", "audio_qformer"):
-        a = onnx.load(str(tmp_path / "kept" / name / "1" / "model.onnx"))
-        b = onnx.load(str(tmp_path / "released" / name / "1" / "model.onnx"))
+        a = onnx.load(str(network_onnx(tmp_path / "kept", name)))
+        b = onnx.load(str(network_onnx(tmp_path / "released", name)))
         assert [onnx.numpy_helper.to_array(t).tobytes() for t in a.graph.initializer] == \
                [onnx.numpy_helper.to_array(t).tobytes() for t in b.graph.initializer], name
     for config in (tmp_path / "kept").glob("*/config.pbtxt"):
         assert (tmp_path / "released" / config.relative_to(tmp_path / "kept")).read_text() == config.read_text()
-    # every ONNX Runtime model gets the thread settings: a pool per core whose threads do not spin when idle
-    onnx_models = [p.parent for p in (tmp_path / "kept").glob("*/1/model.onnx")]
-    assert len(onnx_models) >= 4
-    for version in onnx_models:
-        assert json.loads((version / "bubo.json").read_text()) == {"intra_op_threads": 0, "allow_spinning": False}
+    # a CPU repository: one python model per modality holds its encoder and Q-Former, and no other model exists
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir() if p.is_dir()) == ["audio_embed", "image_embed"]
+    assert network_onnx(tmp_path / "kept", "vision_qformer") == tmp_path / "kept" / "image_embed" / "1" / "vision_qformer" / "model.onnx"
+    # every ONNX Runtime session gets the thread settings: a pool per core whose threads do not spin when idle
+    for name in ("image_embed", "audio_embed"):
+        settings = json.loads((tmp_path / "kept" / name / "1" / "bubo.json").read_text())
+        assert (settings["intra_op_threads"], settings["allow_spinning"]) == (0, False)
+
+
+def test_ensemble_layout_keeps_a_model_per_network(tmp_path):
+    """What GPU repositories are (here with ONNX files): preprocess -> encoder -> Q-Former as an ensemble,
+    each network its own ONNX Runtime model with the thread settings."""
+    write_repository(tmp_path / "repo", load_model(default_model_dir()), settings=RepositorySettings(fused_embeds=False))
+    models = {p.name for p in (tmp_path / "repo").iterdir() if p.is_dir()}
+    assert models == {"image_preprocess", "audio_preprocess", "vision_encoder", "vision_qformer", "audio_encoder",
+                      "audio_qformer", "image_embed", "audio_embed"}
+    assert 'platform: "ensemble"' in (tmp_path / "repo" / "image_embed" / "config.pbtxt").read_text()
+    for name in ("vision_encoder", "vision_qformer", "audio_encoder", "audio_qformer"):
+        assert network_onnx(tmp_path / "repo", name) == tmp_path / "repo" / name / "1" / "model.onnx"
+        assert json.loads((tmp_path / "repo" / name / "1" / "bubo.json").read_text()) == {"intra_op_threads": 0, "allow_spinning": False}
+    with pytest.raises(ValueError, match="fused embedding models run ONNX Runtime"):
+        write_repository(tmp_path / "trt", load_model(default_model_dir()), backend="tensorrt", settings=RepositorySettings(fused_embeds=True))
 
 
 def test_export_refuses_a_negative_thread_count(tmp_path):
@@ -78,6 +96,14 @@ def test_export_refuses_a_negative_thread_count(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == ["bubo export: --onnx-threads: -1: use 0 (one per core) or more"]
+
+
+def test_export_refuses_a_fused_tensorrt_repository(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bubo_cli", "export", "--backend", "tensorrt", "--layout", "fused",
+                             "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "bubo export: --layout fused: TensorRT repositories keep one Triton model per network (use --layout ensemble)"]
 
 
 def _detections(queries: int = 900, classes: int = 16, batch: int = 2, seed: int = 0) -> list[np.ndarray]:

@@ -58,7 +58,7 @@ def test_trained_weights_reach_the_running_server(tmp_path, loop):
             trained = load_model(trained_dir)
             assert not torch.equal(trained.vision_proj.weight, original.model.vision_proj.weight)
             versions = update_repository(repo, trained, settings=RepositorySettings(execution_env=str(model_env_dir())))
-            assert versions["vision_qformer"] == 2
+            assert versions == {"image_embed": 2, "audio_embed": 2}  # the fused CPU models hold the networks
 
             new_reference = ReferencePipeline(trained, original.llm, original.tokenizer)
             expected = new_reference.generate(question, image=IMAGE, max_new_tokens=12)
@@ -74,6 +74,6 @@ def test_trained_weights_reach_the_running_server(tmp_path, loop):
             want = new_reference.embed_image(IMAGE)
             assert float((served - want).abs().max() / want.abs().max()) < 1e-4
             index = loop.run(stack.encoders.loaded_versions())
-            assert ("vision_qformer", "2") in index and ("vision_qformer", "1") not in index
+            assert ("image_embed", "2") in index and ("image_embed", "1") not in index
     finally:
         loop.run(stack.stop(grace_s=5), timeout=120)

@@ -94,9 +94,38 @@ def test_concurrent_requests_are_batched(client, reference):
         results = list(pool.map(lambda img: infer_bytes(client, "image_embed", "IMAGE", img), images))
     for image, got in zip(images, results):
         assert relative_error(reference.embed_image(image).numpy(), got) < 1e-4
-    stats = client.get_inference_statistics("vision_encoder", as_json=True)
+    stats = client.get_inference_statistics("image_embed", as_json=True)  # the fused model batches (CPU layout)
     batch_sizes = [int(b["batch_size"]) for b in stats["model_stats"][0]["batch_stats"]]
     assert max(batch_sizes) > 1, batch_sizes
+
+
+def test_a_bad_request_in_a_batch_leaves_the_others_right(client, reference):
+    """The fused model decodes a batch's requests one by one: the corrupt ones get their error, the rest
+    their embeddings, whatever their order in the batch."""
+    images = [make_image_bytes(seed=40 + i) if i % 3 else b"not an image %d" % i for i in range(18)]
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+        futures = [pool.submit(infer_bytes, client, "image_embed", "IMAGE", image) for image in images]
+    for image, future in zip(images, futures):
+        if image.startswith(b"not an image"):
+            with pytest.raises(InferenceServerException, match="IMAGE: image could not be decoded"):
+                future.result()
+        else:
+            assert relative_error(reference.embed_image(image).numpy(), future.result()) < 1e-4
+
+
+def test_the_ensemble_layout_serves_the_same_embeddings(tmp_path, reference):
+    """The layout GPU repositories keep (preprocess -> encoder -> Q-Former, a Triton model each), here
+    with ONNX files on CPU: served, it answers what the fused layout and PyTorch answer."""
+    repo = tmp_path / "repo"
+    write_repository(repo, load_model(default_model_dir()), settings=RepositorySettings(execution_env=str(model_env_dir()), fused_embeds=False))
+    with TritonServer(repo, TritonPorts(*free_ports(3)), log_path=tmp_path / "triton.log").start(timeout=240) as triton:
+        client = grpcclient.InferenceServerClient(triton.url_grpc)
+        image, audio = make_image_bytes(seed=7), make_audio_bytes(seconds=3.0, seed=4)
+        assert relative_error(reference.embed_image(image).numpy(), infer_bytes(client, "image_embed", "IMAGE", image)) < 1e-4
+        assert relative_error(reference.embed_audio(audio).numpy(), infer_bytes(client, "audio_embed", "AUDIO", audio)) < 1e-4
+        assert int(client.get_inference_statistics("vision_encoder", as_json=True)["model_stats"][0]["inference_count"]) == 1
+        with pytest.raises(InferenceServerException, match="IMAGE: image could not be decoded"):
+            infer_bytes(client, "image_embed", "IMAGE", b"not an image")
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from bubogpt.config import VisionEncoderConfig
+from bubogpt.config import VisionEncoderConfig, part_from_dict
 from bubogpt.image import ImageDecodeError, decode_image, preprocess_to_array
 
 
@@ -19,8 +19,7 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         with open(os.path.join(version_dir, "bubo.json")) as handle:
             settings = json.load(handle)
-        vision = settings["vision"]
-        self.config = VisionEncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vision.items()})
+        self.config = part_from_dict(VisionEncoderConfig, settings["vision"])
         self.max_pixels = int(settings["max_pixels"])
 
     def execute(self, requests):

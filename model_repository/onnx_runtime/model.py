@@ -8,8 +8,9 @@ import json
 import os
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+from bubogpt.onnx_session import ort_session
 
 
 class TritonPythonModel:
@@ -18,18 +19,11 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         with open(os.path.join(version_dir, "bubo.json")) as handle:
             settings = json.load(handle)
-        options = ort.SessionOptions()
         # bubo.json's defaults (export/repository.py says why): a pool of one thread per core that does not spin
-        options.intra_op_num_threads = int(settings.get("intra_op_threads", 0))
-        if not settings.get("allow_spinning", False):
-            # idle pool threads sleep instead of spinning: on a few cores shared by many stubs and vLLM,
-            # a spinning pool takes the CPU that the next request's work needs
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        if args.get("model_instance_kind") != "GPU":
-            providers = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(os.path.join(version_dir, "model.onnx"), options, providers=providers)
+        self.session = ort_session(
+            os.path.join(version_dir, "model.onnx"), intra_op_threads=int(settings.get("intra_op_threads", 0)),
+            allow_spinning=bool(settings.get("allow_spinning", False)), gpu=args.get("model_instance_kind") == "GPU",
+        )
         self.inputs = [item["name"] for item in config["input"]]
         self.outputs = [item["name"] for item in config["output"]]
         # without a batch axis (max_batch_size 0) requests differ in shape: run them one by one
