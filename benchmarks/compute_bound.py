@@ -38,9 +38,12 @@ def front_end(repo: Path, modality: str):
     """The front end the repository's model for `modality` runs, with its settings (either layout)."""
     from bubogpt.onnx_embedder import FrontEnd
 
-    fused = json.loads((repo / "bubo_repository.json").read_text()).get("fused_embeds", False)
-    model = {"image": "image_embed", "audio": "audio_embed"}[modality] if fused else f"{modality}_preprocess"
-    settings = json.loads((repo / model / "1" / "bubo.json").read_text())
+    from export.repository import network_settings
+
+    if json.loads((repo / "bubo_repository.json").read_text()).get("fused_embeds", False):
+        settings = network_settings(repo, {"image": "vision_encoder", "audio": "audio_encoder"}[modality])
+    else:
+        settings = json.loads((repo / f"{modality}_preprocess" / "1" / "bubo.json").read_text())
     return FrontEnd.from_settings(modality, settings), settings
 
 
@@ -61,10 +64,15 @@ def encode_all(requests, repo: Path, encoder_batch: int, stages: Stages) -> dict
     import torch
 
     from bubogpt.onnx_session import ort_session
-    from export.repository import network_onnx
+    from export.repository import network_onnx, network_settings
 
     front_ends = {modality: front_end(repo, modality) for modality in ("image", "audio")}
-    sessions = {name: ort_session(network_onnx(repo, name)) for name in ("vision_encoder", "vision_qformer", "audio_encoder", "audio_qformer")}
+    def session(name: str):  # with the thread settings the served model has
+        settings = network_settings(repo, name)
+        return ort_session(network_onnx(repo, name), intra_op_threads=int(settings.get("intra_op_threads", 0)),
+                           allow_spinning=bool(settings.get("allow_spinning", False)))
+
+    sessions = {name: session(name) for name in ("vision_encoder", "vision_qformer", "audio_encoder", "audio_qformer")}
     torch.set_num_threads(int(front_ends["audio"][1].get("torch_threads", 1)))  # as the served audio front end runs
 
     inputs: dict[str, dict[bytes, np.ndarray]] = {"image": {}, "audio": {}}

@@ -124,10 +124,12 @@ def sizes(directory: Path) -> dict[str, int]:
 
 
 def repository_files(repo: Path) -> dict[str, int]:
-    """Bytes of each network's ONNX file (+ external data) in a model repository."""
+    """Bytes of each network's ONNX file (+ external data) in a model repository, by network name (in a
+    fused CPU repository the embedding networks sit in image_embed/1/<network>/)."""
     found = {}
-    for onnx in sorted(repo.glob("*/1/model.onnx")):
-        found[onnx.parent.parent.name] = sum(p.stat().st_size for p in onnx.parent.iterdir() if p.name.startswith("model.onnx"))
+    for onnx in sorted(repo.glob("*/1/**/model.onnx")):
+        name = onnx.parent.name if onnx.parent.name != "1" else onnx.parent.parent.name
+        found[name] = sum(p.stat().st_size for p in onnx.parent.iterdir() if p.name.startswith("model.onnx"))
     return found
 
 

@@ -150,12 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             settings_path.write_text(json.dumps({**settings, "torch_threads": threads}))
             record["triton"][threads] = triton_side(copy, pictures)
     record["in_process"] = in_process_side(pictures)
-    out = Path(args.out) / f"grounding-profile-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "README.md").write_text(to_markdown(record))
-    print(to_markdown(record))
-    print(f"results in {out}")
+    from benchmarks.report import write_run
+
+    write_run(args.out, "grounding-profile", record, to_markdown(record))
     return 0
 
 

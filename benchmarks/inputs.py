@@ -45,6 +45,7 @@ class BenchRequest:
     audio: bytes = b""
     history: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (user, assistant) pairs
     max_new_tokens: int = 32
+    min_new_tokens: int = 0  # > 0: answers at least this long (the long-answer level)
 
     @property
     def wants_image(self) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -44,7 +45,8 @@ DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32)
 
 async def send(stub, request: BenchRequest, record: RequestRecord, ground: bool, timeout_s: float = 600.0) -> RequestRecord:
     message = chat_request(request.text, request.image, request.audio, history=list(request.history),
-                           ground=ground and bool(request.image), max_new_tokens=request.max_new_tokens)
+                           ground=ground and bool(request.image), max_new_tokens=request.max_new_tokens,
+                           min_new_tokens=request.min_new_tokens)
     record.sent_s = time.perf_counter()
     call = stub.Chat(message, timeout=timeout_s)
     try:
@@ -126,6 +128,7 @@ async def run_sweep_async(
     max_requests: int = 64,
     time_cap_s: float = 60.0,
     max_new_tokens: int = 32,
+    min_new_tokens: int = 0,
     seed: int = 0,
     ground: str = "auto",
     server_pid: int | None = None,
@@ -139,7 +142,7 @@ async def run_sweep_async(
     sampler = MemorySampler(server_pid) if server_pid else None
     result: dict = {"address": address, "settings": {
         "concurrency": list(concurrencies), "per_client": per_client, "min_requests": min_requests,
-        "max_requests": max_requests, "time_cap_s": time_cap_s, "max_new_tokens": max_new_tokens, "seed": seed,
+        "max_requests": max_requests, "time_cap_s": time_cap_s, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens, "seed": seed,
         "ground": ground, "ground_levels": ground_levels, "grounding_effect_requests": grounding_effect_requests,
         "server_pid": server_pid}}
     # the clients' own channel settings; "host:port,host:port" spreads the load over several frontends
@@ -165,7 +168,8 @@ async def run_sweep_async(
             levels = []
             for concurrency in concurrencies:
                 count = requests_per_level(concurrency, per_client, min_requests, max_requests)
-                requests = level_requests(concurrency, count, seed, max_new_tokens)
+                requests = [dataclasses.replace(r, min_new_tokens=min_new_tokens)
+                            for r in level_requests(concurrency, count, seed, max_new_tokens)]
                 records, wall = await run_level(stub, requests, concurrency, time_cap_s, ground=level_ground)
                 summary = summarize(records, concurrency, wall)
                 if sampler:

@@ -278,6 +278,20 @@ def machine_markdown(info: dict) -> str:
     ]) + "\n"
 
 
+def write_run(results_root: str | Path, prefix: str, record: dict, readme: str) -> Path:
+    """A benchmark script's run directory: RESULTS_ROOT/PREFIX-<timestamp>/ with results.json (the record)
+    and README.md (its tables), also printed. Returns the directory."""
+    import time
+
+    directory = Path(results_root) / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    (directory / "README.md").write_text(readme)
+    print(readme)
+    print(f"results: {directory}")
+    return directory
+
+
 def write_results(directory: Path, results: dict, title: str) -> tuple[Path, Path]:
     """results.json (everything) and results.md (targets, tables, machine, notes)."""
     results = dict(results)

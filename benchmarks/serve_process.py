@@ -15,15 +15,9 @@ from pathlib import Path
 import grpc
 import psutil
 
+from serving.app import free_port
+
 HEALTH_NAMES = ("", "bubo.v1.Bubo", "triton", "llm")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ServeProcess:

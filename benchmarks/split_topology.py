@@ -19,7 +19,8 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.serve_process import ServeProcess, free_port
+from benchmarks.serve_process import ServeProcess
+from serving.app import free_port
 
 log = logging.getLogger(__name__)
 

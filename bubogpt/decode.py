@@ -26,15 +26,20 @@ def sample_token(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 
 
 
 def decode_tokens(llm, embeds: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0, top_p: float = 1.0,
-                  seed: int | None = None, eos_token_id: int | None = None) -> Iterator[int]:
+                  seed: int | None = None, eos_token_id: int | None = None, min_new_tokens: int = 0) -> Iterator[int]:
     """Yields up to `max_new_tokens` token ids for the prompt `embeds` ([seq, hidden]); the end-of-
-    sequence token, when drawn, is yielded and ends the loop. Sampling is reproducible: the same seed
-    (default 0) gives the same tokens."""
+    sequence token, when drawn, is yielded and ends the loop. It cannot be drawn among the first
+    `min_new_tokens` (its logit is -inf there, as vLLM's min_tokens does). Sampling is reproducible:
+    the same seed (default 0) gives the same tokens."""
     generator = torch.Generator().manual_seed(seed if seed is not None else 0)
     with torch.inference_mode():
         out = llm(inputs_embeds=embeds[None], use_cache=True)
-    for _ in range(max_new_tokens):
-        next_id = sample_token(out.logits[0, -1], temperature, top_p, generator)
+    for step in range(max_new_tokens):
+        logits = out.logits[0, -1]
+        if step < min_new_tokens and eos_token_id is not None:
+            logits = logits.clone()
+            logits[eos_token_id] = float("-inf")
+        next_id = sample_token(logits, temperature, top_p, generator)
         yield next_id
         if next_id == eos_token_id:
             return

@@ -19,7 +19,8 @@ from bubogpt.decode import decode_tokens
 from bubogpt.image import image_bytes_to_pixels
 from bubogpt.llm import load_llm
 from bubogpt.model import BuboGPT
-from bubogpt.prompt import PromptError, PromptLayout, Turn, build_prompt, layout_prompt, splice_embeddings, truncate_at_stop
+from bubogpt.prompt import (STOP_STRING, PromptError, PromptLayout, Turn, build_prompt, layout_prompt, splice_embeddings,
+                            truncate_at_stop)
 from bubogpt.tokenizer import load_tokenizer
 from bubogpt.weights import llm_dir, load_model
 
@@ -84,8 +85,10 @@ class ReferencePipeline:
         return splice_embeddings(layout, rows, self.llm.get_input_embeddings())
 
     @torch.inference_mode()
-    def generate_from_embeds(self, embeds: torch.Tensor, max_new_tokens: int = 64) -> Generation:
-        """Greedy decoding from prompt embeddings; stops at `###`, EOS or max_new_tokens."""
+    def generate_from_embeds(self, embeds: torch.Tensor, max_new_tokens: int = 64, min_new_tokens: int = 0) -> Generation:
+        """Greedy decoding from prompt embeddings; stops at `###`, EOS or max_new_tokens. With
+        `min_new_tokens`, neither EOS nor a `###` ending within the first that many tokens stops it (a
+        `###` that begins in their last characters and ends after them does, as in vLLM)."""
         context = self.config.llm.max_position_embeddings
         if embeds.shape[0] >= context:
             raise PromptError(f"the prompt has {embeds.shape[0]} positions, the model's context is {context}")
@@ -96,11 +99,19 @@ class ReferencePipeline:
         finish_reason = "length"
         text = ""
         first_token_s = None
-        for next_id in decode_tokens(self.llm, embeds, max_new_tokens, eos_token_id=eos):
+        searched_from = None  # where stop strings may begin, once past min_new_tokens
+        for next_id in decode_tokens(self.llm, embeds, max_new_tokens, eos_token_id=eos, min_new_tokens=min_new_tokens):
             if first_token_s is None:
                 first_token_s = time.perf_counter() - start
             token_ids.append(next_id)
-            text, stopped = truncate_at_stop(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+            text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+            if len(token_ids) <= min_new_tokens:
+                continue
+            if searched_from is None:
+                early = self.tokenizer.decode(token_ids[:min_new_tokens], skip_special_tokens=True) if min_new_tokens else ""
+                searched_from = max(0, len(early) - len(STOP_STRING) + 1)
+            cut, stopped = truncate_at_stop(text[searched_from:])
+            text = text[:searched_from] + cut
             if stopped or next_id == eos:
                 finish_reason = "stop"
                 break

@@ -25,6 +25,8 @@ def _export(args: argparse.Namespace) -> int:
         raise SystemExit(f"--preset {args.preset} needs --weights DIR (see `bubo convert`); only nano is built in")
     if args.onnx_threads < 0:
         raise SystemExit(f"--onnx-threads: {args.onnx_threads}: use 0 (one per core) or more")
+    if args.layout is not None and args.update:
+        raise SystemExit(f"--layout {args.layout}: an update keeps the repository's own layout; leave --layout out")
     if args.layout == "fused" and args.backend == "tensorrt":
         raise SystemExit("--layout fused: TensorRT repositories keep one Triton model per network (use --layout ensemble)")
     fused = None if args.layout is None else args.layout == "fused"

@@ -80,7 +80,7 @@ class RepositorySettings:
     max_image_pixels: int = 40_000_000
     max_audio_seconds: float = 600.0
     # ONNX Runtime threads per CPU model instance (0: a pool of one per core). The pool's threads must not
-    # spin when idle: a served stack runs a dozen python-backend models and vLLM on the same cores, and on 2
+    # spin when idle: a served stack runs 8 python-backend models and vLLM on the same cores, and on 2
     # cores spinning pools cost 1.8x in c=16 throughput and 1.9x in c=1 TTFT (benchmarks/README.md, ORT threads).
     intra_op_threads: int = 0
     allow_spinning: bool = False
@@ -206,6 +206,14 @@ def network_onnx(repo: str | Path, network: str) -> Path:
     model_dir = repo / holding_model(network, fused)
     latest = max((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()))
     return model_dir / str(latest) / (f"{network}/model.onnx" if fused and model_dir.name != network else "model.onnx")
+
+
+def network_settings(repo: str | Path, network: str) -> dict:
+    """The settings (bubo.json) of the Triton model that runs `network`, latest version: in a fused CPU
+    repository the fused model's (thread settings and its front end's)."""
+    path = network_onnx(repo, network)
+    version = path.parent if path.parent.name.isdigit() else path.parent.parent
+    return json.loads((version / "bubo.json").read_text())
 
 
 def _export_network(repo: Path, spec: ExportSpec, settings: RepositorySettings, backend: str,

@@ -66,6 +66,24 @@ class ServeOptions:
 
 
 def free_port() -> int:
+    """A free loopback port for a process started later to bind (Triton's ports, a test's frontend),
+    chosen outside the kernel's ephemeral range: between now and then the kernel hands ports of that
+    range to any process's outgoing connections and port-0 listeners (vLLM's sockets took a frontend's
+    HTTP port that way in a CI run), never one below it."""
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    for _ in range(200) if low > 11000 else ():
+        port = random.randrange(10000, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -116,12 +116,13 @@ class ChatResult:
 
 
 def chat_request(text: str, image: bytes = b"", audio: bytes = b"", history: list[tuple[str, str]] = (),
-                 ground: bool = False, max_new_tokens: int = 0, temperature: float = 0.0, seed: int | None = None):
+                 ground: bool = False, max_new_tokens: int = 0, temperature: float = 0.0, seed: int | None = None,
+                 min_new_tokens: int = 0):
     turns = []
     for user, assistant in history:
         turns += [bubo_pb2.Turn(role=bubo_pb2.ROLE_USER, text=user), bubo_pb2.Turn(role=bubo_pb2.ROLE_ASSISTANT, text=assistant)]
     turns.append(bubo_pb2.Turn(role=bubo_pb2.ROLE_USER, text=text))
-    sampling = bubo_pb2.Sampling(temperature=temperature, max_new_tokens=max_new_tokens)
+    sampling = bubo_pb2.Sampling(temperature=temperature, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
     if seed is not None:
         sampling.seed = seed
     return bubo_pb2.ChatRequest(turns=turns, image=image, audio=audio, sampling=sampling, ground=ground)

@@ -10,7 +10,7 @@ A request is translated into a `bubo.v1.ChatRequest` and answered by the same `B
 the same validation, limits, embedding cache, engine, metrics and error table. OpenAI's fields map to
 ours: content parts `text`, `image_url` (data URLs only: the server fetches nothing), `input_audio`
 (base64 wav/mp3/flac/ogg); `max_tokens`/`max_completion_tokens`, `temperature` (OpenAI's default 1),
-`top_p`, `seed`, `stop`. System and developer messages are accepted and not used (the model's
+`top_p`, `seed`, `stop`, and vLLM's extension `min_tokens` (no end of the answer before that many tokens). System and developer messages are accepted and not used (the model's
 prompt has a fixed system text, as in the paper); one image and one audio clip per conversation.
 
 Grounding is on for requests with an image (`"bubo": {"ground": false}` in the body turns it off).
@@ -105,6 +105,7 @@ class ChatCompletionRequest(_Model):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    min_tokens: int | None = Field(default=None, ge=0)  # vLLM's extension of the API
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = Field(default=None, ge=0)
@@ -198,6 +199,8 @@ class Translation:
         self.fields["sampling.max_new_tokens"] = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         if max_tokens is not None:
             sampling.max_new_tokens = max_tokens
+        if body.min_tokens:
+            sampling.min_new_tokens = body.min_tokens
         if body.top_p == 0:
             raise HttpError(400, "top_p: must be in (0, 1], got 0", "top_p")
         if body.seed is not None:
@@ -205,7 +208,7 @@ class Translation:
         if body.stop is not None:
             sampling.stop.extend([body.stop] if isinstance(body.stop, str) else body.stop)
         self.fields.update({"sampling.temperature": "temperature", "sampling.top_p": "top_p", "sampling.seed": "seed",
-                            "sampling.stop": "stop", "ground": "bubo.ground"})
+                            "sampling.stop": "stop", "sampling.min_new_tokens": "min_tokens", "ground": "bubo.ground"})
         ground = body.bubo.ground if body.bubo and body.bubo.ground is not None else bool(image)
         return bubo_pb2.ChatRequest(turns=turns, image=image, audio=audio, sampling=sampling, ground=ground)
 

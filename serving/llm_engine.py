@@ -77,6 +77,7 @@ class SamplingOptions:
     max_new_tokens: int = 256
     seed: int | None = None
     stop: tuple[str, ...] = ()  # the caller's stop strings, besides the template's own `###`
+    min_new_tokens: int = 0  # no end-of-sequence token and no stop string before this many tokens
 
     def validate(self) -> None:
         if not (0.0 <= self.temperature <= 5.0) or self.temperature != self.temperature:
@@ -85,6 +86,9 @@ class SamplingOptions:
             raise InvalidArgument(f"sampling.top_p: must be in (0, 1], got {self.top_p}")
         if not (1 <= self.max_new_tokens <= 8192):
             raise InvalidArgument(f"sampling.max_new_tokens: must be in [1, 8192], got {self.max_new_tokens}")
+        if not (0 <= self.min_new_tokens <= self.max_new_tokens):
+            raise InvalidArgument(f"sampling.min_new_tokens: must be in [0, max_new_tokens = {self.max_new_tokens}], "
+                                  f"got {self.min_new_tokens}")
         if self.seed is not None and not (0 <= self.seed < 2**63):
             raise InvalidArgument(f"sampling.seed: must be in [0, 2^63), got {self.seed}")
         if len(self.stop) > 4:
@@ -392,6 +396,7 @@ class VLLMEngine(EngineBase):
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=prepared.max_new_tokens,
+            min_tokens=min(sampling.min_new_tokens, prepared.max_new_tokens),
             seed=sampling.seed,
             stop=list(sampling.stops),
             output_kind=RequestOutputKind.DELTA,
@@ -404,7 +409,7 @@ class VLLMEngine(EngineBase):
         # Text comes from our own detokenizer over the token ids (vLLM's stops at `###` in the
         # engine): the same streaming rules as the PyTorch engine, and the final text is exactly
         # the full decode even when a model emits invalid UTF-8 byte sequences.
-        stream = StopStringStream(self.tokenizer, sampling.stops)
+        stream = StopStringStream(self.tokenizer, sampling.stops, min_tokens=sampling.min_new_tokens)
         try:
             async for output in engine.generate(self.engine_prompt(prepared), params, request_id):
                 choice = output.outputs[0]
@@ -468,7 +473,8 @@ class TorchEngine(EngineBase):
                 emit(("started", time.perf_counter()))
                 eos = self.tokenizer.eos_token_id
                 for next_id in decode_tokens(self.model, prepared.embeds, prepared.max_new_tokens, temperature=sampling.temperature,
-                                             top_p=sampling.top_p, seed=sampling.seed, eos_token_id=eos):
+                                             top_p=sampling.top_p, seed=sampling.seed, eos_token_id=eos,
+                                             min_new_tokens=sampling.min_new_tokens):
                     if cancelled.is_set():
                         emit(("done", "abort"))
                         return
@@ -495,7 +501,7 @@ class TorchEngine(EngineBase):
         cancelled = threading.Event()
         start = time.perf_counter()
         worker = loop.run_in_executor(None, self._run, prepared, sampling, queue, loop, cancelled)
-        stream = StopStringStream(self.tokenizer, sampling.stops)
+        stream = StopStringStream(self.tokenizer, sampling.stops, min_tokens=sampling.min_new_tokens)
         first_token_s, finish_reason = None, None
         try:
             while finish_reason is None:
@@ -544,9 +550,11 @@ class StopStringStream:
 
     CONTEXT = 4  # tokens before the new ones that are decoded with them
 
-    def __init__(self, tokenizer, stops: tuple[str, ...] = (STOP_STRING,)):
+    def __init__(self, tokenizer, stops: tuple[str, ...] = (STOP_STRING,), min_tokens: int = 0):
         self.tokenizer = tokenizer
         self.stops = stops
+        # stop strings count only from the token after the first `min_tokens` (as vLLM's min_tokens)
+        self.min_tokens = min_tokens
         self.token_ids: list[int] = []
         self.byte_tokens = byte_fallback_ids(tokenizer)
         self._decoded = ""  # the decode of token_ids[:self._read] (the settled tokens)
@@ -595,7 +603,10 @@ class StopStringStream:
         decoded = self._decoded
         # a stop string can only begin where the last search could not see all of it
         begin = max(self._emitted, self._searched - self._longest_stop + 1)
-        cut, self._stopped = truncate_at_stop(decoded[begin:], self.stops)
+        if self._read <= self.min_tokens:
+            cut, self._stopped = decoded[begin:], False  # too early for a stop: not searched, only held back
+        else:
+            cut, self._stopped = truncate_at_stop(decoded[begin:], self.stops)
         if self._stopped:
             end = begin + len(cut)
         else:

@@ -237,6 +237,8 @@ class RemoteLLMEngine(EngineBase):
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        if sampling.min_new_tokens:
+            body["min_tokens"] = min(sampling.min_new_tokens, prepared.max_new_tokens)
         if prepared.embeds is None:
             body["prompt"] = list(prepared.layout.token_ids)
         else:
@@ -271,7 +273,7 @@ class RemoteLLMEngine(EngineBase):
         start = time.perf_counter()
         refused = []
         for server in self._order():
-            stream = StopStringStream(self.tokenizer, sampling.stops)
+            stream = StopStringStream(self.tokenizer, sampling.stops, min_tokens=sampling.min_new_tokens)
             state = {"first_token_s": None, "finish_reason": None, "usage": {}}
             try:
                 # aclosing: when our consumer leaves, the HTTP response is closed now (vLLM aborts), not at GC

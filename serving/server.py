@@ -95,6 +95,7 @@ def validate_chat(request, limits: Limits) -> tuple[list[Turn], SamplingOptions]
         max_new_tokens=max_new,
         seed=sampling.seed if sampling.HasField("seed") else None,
         stop=tuple(sampling.stop),
+        min_new_tokens=sampling.min_new_tokens,
     )
     options.validate()
     return turns, options

@@ -116,6 +116,28 @@ def test_the_callers_stop_strings_cut_the_answer_too(tokenizer):
     assert stopped and "".join(deltas) == stream.text == "There is a red "
 
 
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(text=st.text(alphabet="abcdefghij klm.,#!?'-\n", min_size=1, max_size=80), data=st.data(),
+       stops=st.sampled_from([(STOP_STRING,), (STOP_STRING, "ab"), (STOP_STRING, "#!")]))
+def test_stop_strings_count_only_after_min_tokens(tokenizer, text, data, stops):
+    """vLLM's min_tokens: a stop string within the first `min_tokens` tokens' text is answer text; one that
+    begins in their last characters and ends after them, or any later one, stops the stream."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    min_tokens = data.draw(st.integers(0, len(ids) + 1))
+    stream = StopStringStream(tokenizer, stops, min_tokens=min_tokens)
+    deltas, stopped = push_all(stream, ids)
+    if not stopped:
+        deltas.append(stream.flush())
+    full = tokenizer.decode(ids, skip_special_tokens=True)
+    if len(ids) <= min_tokens:
+        want = full
+    else:
+        early = tokenizer.decode(ids[:min_tokens], skip_special_tokens=True) if min_tokens else ""
+        begin = max(0, len(early) - max(len(stop) for stop in stops) + 1)
+        want = full[:begin] + truncate_at_stop(full[begin:], stops)[0]
+    assert "".join(deltas) == stream.text == want
+
+
 @settings(max_examples=400, deadline=None, derandomize=True, database=None)
 @given(text=st.text(alphabet="abcdefghij klm.,#!?'-\néü日本語🙂", min_size=1, max_size=80),
        stops=st.sampled_from([(STOP_STRING,), (STOP_STRING, "ab"), (STOP_STRING, "#!", "日本")]))
@@ -156,3 +178,20 @@ def test_the_stream_decodes_a_bounded_window_per_token(tokenizer):
         assert stream.text == tokenizer.decode(ids[:n], skip_special_tokens=True)[: len(stream.text)]
         work[n] = counting.decoded / n
     assert work[400] <= work[100] * 1.1 and work[100] <= 2 * (StopStringStream.CONTEXT + 2)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@given(text=st.text(alphabet="abcdefghij klm.,#!?'-\néü日本語🙂", min_size=1, max_size=80), data=st.data())
+def test_the_long_answer_benchmarks_before_stream_says_the_same(tokenizer, text, data):
+    """benchmarks.long_answers compares the frontend's stream with one that decodes the whole answer at every
+    token: the two must differ in cost only."""
+    from benchmarks.long_answers import FullDecodeStream
+
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    min_tokens = data.draw(st.integers(0, len(ids)))
+    outputs = []
+    for make in (StopStringStream, FullDecodeStream):
+        stream = make(tokenizer, (STOP_STRING, "ab"), min_tokens=min_tokens)
+        deltas, stopped = push_all(stream, ids)
+        outputs.append(("".join(deltas) + ("" if stopped else stream.flush()), stopped))
+    assert outputs[0] == outputs[1]

@@ -114,7 +114,16 @@ def test_models_and_health(stack, client, model):
     assert response.status == 200 and body["status"] == "ok" and body["parts"]["triton"]["up"]
 
 
-@pytest.mark.parametrize("case", ["remote url", "bad base64", "bad temperature", "two images", "tools", "no user", "unknown part"])
+def test_min_tokens_is_vllms_extension(client, model):
+    """`min_tokens` (vLLM's OpenAI extension) reaches the engine: with min = max every answer is exactly that long."""
+    for text in ("hi", "What is in it?"):
+        completion = client.chat.completions.create(model=model, messages=[user(text)], temperature=0, max_tokens=40,
+                                                    extra_body={"min_tokens": 40, "bubo": {"ground": False}})
+        assert completion.usage.completion_tokens == 40 and completion.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("case", ["remote url", "bad base64", "bad temperature", "two images", "tools", "no user", "unknown part",
+                                  "min over max"])
 def test_bad_requests_are_400_naming_the_field(client, model, case):
     messages, extra, param = {
         "remote url": ([user("hi", {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}})], {},
@@ -126,6 +135,7 @@ def test_bad_requests_are_400_naming_the_field(client, model, case):
         "tools": ([user("hi")], {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         "no user": ([{"role": "system", "content": "x"}], {}, "messages"),
         "unknown part": ([user("hi", {"type": "video_url", "video_url": {"url": "x"}})], {}, "messages[0].content[1]"),
+        "min over max": ([user("hi")], {"extra_body": {"min_tokens": 9}}, "min_tokens"),
     }[case]
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=model, messages=messages, max_tokens=4, **extra)

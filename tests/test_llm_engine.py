@@ -136,6 +136,29 @@ def test_over_long_prompt_and_bad_sampling_are_rejected(loop, engine):
         loop.run(collect(engine, [Turn("user", "a ### b")]))
 
 
+def test_min_new_tokens_holds_off_the_end_in_both_engines(loop, engine, reference):
+    """Neither EOS nor `###` ends an answer before min_new_tokens: vLLM (min_tokens) and the PyTorch engine
+    give the reference's tokens, and the answer is longer than the one that ends on its own."""
+    turns = [Turn("user", "What is in it?")]
+    modalities = modalities_for(reference, image=make_image_bytes(seed=3))
+    short = expected(reference, turns, modalities, max_new_tokens=160)
+    assert short.finish_reason == "stop", short  # the answer ends on its own...
+    least = len(short.token_ids) + 16  # ...and is made to go on past its end
+    embeds = {m.modality: m.embeds for m in modalities}
+    oracle = reference.generate_from_embeds(reference.prompt_embeds(turns, embeds["image"], None), max_new_tokens=least + 48,
+                                            min_new_tokens=least)
+    assert len(oracle.token_ids) > least and oracle.token_ids[: len(short.token_ids) - 1] == short.token_ids[:-1]
+    sampling = SamplingOptions(max_new_tokens=least + 48, min_new_tokens=least)
+    text, vllm_ids, finished = loop.run(collect(engine, turns, modalities, sampling))
+    assert vllm_ids == oracle.token_ids and text.strip() == oracle.text
+    assert finished.finish_reason == ("length" if oracle.finish_reason == "length" else "stop")
+    torch_engine = TorchEngine(default_model_dir() / "llm")
+    loop.run(torch_engine.start())
+    assert loop.run(collect(torch_engine, turns, modalities, sampling))[1] == oracle.token_ids
+    with pytest.raises(InvalidArgument, match=r"sampling.min_new_tokens: must be in \[0, max_new_tokens = 8\], got 9"):
+        loop.run(collect(engine, turns, (), SamplingOptions(max_new_tokens=8, min_new_tokens=9)))
+
+
 def test_seeded_sampling_is_repeatable(loop, engine):
     sampling = SamplingOptions(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=7)
     first = loop.run(collect(engine, [Turn("user", "hi")], (), sampling))[1]

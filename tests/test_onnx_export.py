@@ -3,7 +3,6 @@ exported networks released (benchmarks/full_size.py runs both at the bubogpt-7b 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ from torch import nn
 from bubogpt.defaults import default_model_dir
 from bubogpt.weights import load_model
 from export.onnx_export import check_onnx, export_onnx, gather_external_data, onnx_files
-from export.repository import RepositorySettings, network_onnx, write_repository
+from export.repository import RepositorySettings, network_onnx, network_settings, write_repository
 from export.specs import ExportSpec
 
 
@@ -71,9 +70,9 @@ def test_release_frees_each_exported_network(tmp_path):
     assert sorted(p.name for p in (tmp_path / "kept").iterdir() if p.is_dir()) == ["audio_embed", "image_embed"]
     assert network_onnx(tmp_path / "kept", "vision_qformer") == tmp_path / "kept" / "image_embed" / "1" / "vision_qformer" / "model.onnx"
     # every ONNX Runtime session gets the thread settings: a pool per core whose threads do not spin when idle
-    for name in ("image_embed", "audio_embed"):
-        settings = json.loads((tmp_path / "kept" / name / "1" / "bubo.json").read_text())
-        assert (settings["intra_op_threads"], settings["allow_spinning"]) == (0, False)
+    for network, modality in (("vision_encoder", "image"), ("audio_qformer", "audio")):
+        settings = network_settings(tmp_path / "kept", network)  # the fused model's
+        assert (settings["modality"], settings["intra_op_threads"], settings["allow_spinning"]) == (modality, 0, False)
 
 
 def test_ensemble_layout_keeps_a_model_per_network(tmp_path):
@@ -86,7 +85,7 @@ def test_ensemble_layout_keeps_a_model_per_network(tmp_path):
     assert 'platform: "ensemble"' in (tmp_path / "repo" / "image_embed" / "config.pbtxt").read_text()
     for name in ("vision_encoder", "vision_qformer", "audio_encoder", "audio_qformer"):
         assert network_onnx(tmp_path / "repo", name) == tmp_path / "repo" / name / "1" / "model.onnx"
-        assert json.loads((tmp_path / "repo" / name / "1" / "bubo.json").read_text()) == {"intra_op_threads": 0, "allow_spinning": False}
+        assert network_settings(tmp_path / "repo", name) == {"intra_op_threads": 0, "allow_spinning": False}
     with pytest.raises(ValueError, match="fused embedding models run ONNX Runtime"):
         write_repository(tmp_path / "trt", load_model(default_model_dir()), backend="tensorrt", settings=RepositorySettings(fused_embeds=True))
 
@@ -98,12 +97,15 @@ def test_export_refuses_a_negative_thread_count(tmp_path):
     assert result.stderr.strip().splitlines() == ["bubo export: --onnx-threads: -1: use 0 (one per core) or more"]
 
 
-def test_export_refuses_a_fused_tensorrt_repository(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bubo_cli", "export", "--backend", "tensorrt", "--layout", "fused",
-                             "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "tensorrt", "--layout", "fused"], "--layout fused: TensorRT repositories keep one Triton model per network (use --layout ensemble)"),
+    (["--update", "--layout", "ensemble"], "--layout ensemble: an update keeps the repository's own layout; leave --layout out"),
+])
+def test_export_refuses_a_layout_it_cannot_write(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "bubo_cli", "export", *args, "--out", str(tmp_path / "r")],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [
-        "bubo export: --layout fused: TensorRT repositories keep one Triton model per network (use --layout ensemble)"]
+    assert result.stderr.strip().splitlines() == [f"bubo export: {message}"]
 
 
 def _detections(queries: int = 900, classes: int = 16, batch: int = 2, seed: int = 0) -> list[np.ndarray]:

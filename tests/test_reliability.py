@@ -187,6 +187,7 @@ def chat_requests(draw):
         sampling.seed = draw(st.sampled_from([0, 1, 2**63 - 1, 2**63, 2**64 - 1]))
     if sampling.max_new_tokens == 0 or sampling.max_new_tokens > 16:
         sampling.max_new_tokens = draw(st.sampled_from([sampling.max_new_tokens, 8]))
+    sampling.min_new_tokens = draw(st.sampled_from([0, 0, 4, 9, 2**32 - 1]))
     return bubo_pb2.ChatRequest(turns=turns, image=draw(_media), audio=draw(_media), sampling=sampling,
                                 ground=draw(st.booleans()), session_id=draw(st.text(max_size=20)))
 

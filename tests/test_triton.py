@@ -2,7 +2,6 @@
 
 import concurrent.futures
 import os
-import socket
 import sys
 
 import numpy as np
@@ -19,16 +18,16 @@ from conftest import make_audio_bytes, make_image_bytes
 from export.onnx_export import ParityError
 from export.repository import RepositorySettings, write_repository
 from export.triton_install import model_env_dir
+from serving.app import free_port
 from serving.triton import TritonCrashed, TritonPorts, TritonServer
 
 
 def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
     return ports
 
 

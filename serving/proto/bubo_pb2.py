@@ -24,43 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18serving/proto/bubo.proto\x12\x07\x62ubo.v1\"1\n\x04Turn\x12\x1b\n\x04role\x18\x01 \x01(\x0e\x32\r.bubo.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\"p\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x07\n\x05_seed\"\x92\x01\n\x0b\x43hatRequest\x12\x1c\n\x05turns\x18\x01 \x03(\x0b\x32\r.bubo.v1.Turn\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\r\n\x05\x61udio\x18\x03 \x01(\x0c\x12#\n\x08sampling\x18\x04 \x01(\x0b\x32\x11.bubo.v1.Sampling\x12\x0e\n\x06ground\x18\x05 \x01(\x08\x12\x12\n\nsession_id\x18\x06 \x01(\t\",\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"5\n\x04Mask\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06\x63ounts\x18\x03 \x01(\t\"\x99\x01\n\x06\x45ntity\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06phrase\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\x12\r\n\x05label\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x02\x12\x19\n\x03\x62ox\x18\x07 \x01(\x0b\x32\x0c.bubo.v1.Box\x12\x1b\n\x04mask\x18\x08 \x01(\x0b\x32\r.bubo.v1.Mask\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\x85\x01\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x11\n\tencode_ms\x18\x02 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x03 \x01(\x01\x12\x15\n\rgeneration_ms\x18\x04 \x01(\x01\x12\x14\n\x0cgrounding_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\"`\n\x0c\x45ntityTiming\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05start\x18\x02 \x01(\r\x12\x17\n\x0f\x61\x66ter_phrase_ms\x18\x03 \x01(\x01\x12\x19\n\x11\x62\x65\x66ore_answer_end\x18\x04 \x01(\x08\"\x9c\x01\n\x04\x44one\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\x1d\n\x05usage\x18\x02 \x01(\x0b\x32\x0e.bubo.v1.Usage\x12!\n\x07timings\x18\x03 \x01(\x0b\x32\x10.bubo.v1.Timings\x12\x0c\n\x04text\x18\x04 \x01(\t\x12-\n\x0e\x65ntity_timings\x18\x05 \x03(\x0b\x32\x15.bubo.v1.EntityTiming\"{\n\tChatEvent\x12#\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x12.bubo.v1.TextDeltaH\x00\x12!\n\x06\x65ntity\x18\x02 \x01(\x0b\x32\x0f.bubo.v1.EntityH\x00\x12\x1d\n\x04\x64one\x18\x03 \x01(\x0b\x32\r.bubo.v1.DoneH\x00\x42\x07\n\x05\x65vent\",\n\rGroundRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0c\n\x04text\x18\x02 \x01(\t\"d\n\x0eGroundResponse\x12\x0c\n\x04tags\x18\x01 \x03(\t\x12!\n\x08\x65ntities\x18\x02 \x03(\x0b\x32\x0f.bubo.v1.Entity\x12!\n\x07timings\x18\x03 \x01(\x0b\x32\x10.bubo.v1.Timings*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x32u\n\x04\x42ubo\x12\x32\n\x04\x43hat\x12\x14.bubo.v1.ChatRequest\x1a\x12.bubo.v1.ChatEvent0\x01\x12\x39\n\x06Ground\x12\x16.bubo.v1.GroundRequest\x1a\x17.bubo.v1.GroundResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18serving/proto/bubo.proto\x12\x07\x62ubo.v1\"1\n\x04Turn\x12\x1b\n\x04role\x18\x01 \x01(\x0e\x32\r.bubo.v1.Role\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x88\x01\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x16\n\x0emin_new_tokens\x18\x06 \x01(\rB\x07\n\x05_seed\"\x92\x01\n\x0b\x43hatRequest\x12\x1c\n\x05turns\x18\x01 \x03(\x0b\x32\r.bubo.v1.Turn\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\r\n\x05\x61udio\x18\x03 \x01(\x0c\x12#\n\x08sampling\x18\x04 \x01(\x0b\x32\x11.bubo.v1.Sampling\x12\x0e\n\x06ground\x18\x05 \x01(\x08\x12\x12\n\nsession_id\x18\x06 \x01(\t\",\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"5\n\x03\x42ox\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"5\n\x04Mask\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06\x63ounts\x18\x03 \x01(\t\"\x99\x01\n\x06\x45ntity\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06phrase\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\x12\r\n\x05label\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x02\x12\x19\n\x03\x62ox\x18\x07 \x01(\x0b\x32\x0c.bubo.v1.Box\x12\x1b\n\x04mask\x18\x08 \x01(\x0b\x32\r.bubo.v1.Mask\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\x85\x01\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x11\n\tencode_ms\x18\x02 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x03 \x01(\x01\x12\x15\n\rgeneration_ms\x18\x04 \x01(\x01\x12\x14\n\x0cgrounding_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\"`\n\x0c\x45ntityTiming\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05start\x18\x02 \x01(\r\x12\x17\n\x0f\x61\x66ter_phrase_ms\x18\x03 \x01(\x01\x12\x19\n\x11\x62\x65\x66ore_answer_end\x18\x04 \x01(\x08\"\x9c\x01\n\x04\x44one\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\x1d\n\x05usage\x18\x02 \x01(\x0b\x32\x0e.bubo.v1.Usage\x12!\n\x07timings\x18\x03 \x01(\x0b\x32\x10.bubo.v1.Timings\x12\x0c\n\x04text\x18\x04 \x01(\t\x12-\n\x0e\x65ntity_timings\x18\x05 \x03(\x0b\x32\x15.bubo.v1.EntityTiming\"{\n\tChatEvent\x12#\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x12.bubo.v1.TextDeltaH\x00\x12!\n\x06\x65ntity\x18\x02 \x01(\x0b\x32\x0f.bubo.v1.EntityH\x00\x12\x1d\n\x04\x64one\x18\x03 \x01(\x0b\x32\r.bubo.v1.DoneH\x00\x42\x07\n\x05\x65vent\",\n\rGroundRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0c\n\x04text\x18\x02 \x01(\t\"d\n\x0eGroundResponse\x12\x0c\n\x04tags\x18\x01 \x03(\t\x12!\n\x08\x65ntities\x18\x02 \x03(\x0b\x32\x0f.bubo.v1.Entity\x12!\n\x07timings\x18\x03 \x01(\x0b\x32\x10.bubo.v1.Timings*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x32u\n\x04\x42ubo\x12\x32\n\x04\x43hat\x12\x14.bubo.v1.ChatRequest\x1a\x12.bubo.v1.ChatEvent0\x01\x12\x39\n\x06Ground\x12\x16.bubo.v1.GroundRequest\x1a\x17.bubo.v1.GroundResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'serving.proto.bubo_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1388
-  _globals['_ROLE']._serialized_end=1451
+  _globals['_ROLE']._serialized_start=1413
+  _globals['_ROLE']._serialized_end=1476
   _globals['_TURN']._serialized_start=37
   _globals['_TURN']._serialized_end=86
-  _globals['_SAMPLING']._serialized_start=88
-  _globals['_SAMPLING']._serialized_end=200
-  _globals['_CHATREQUEST']._serialized_start=203
-  _globals['_CHATREQUEST']._serialized_end=349
-  _globals['_TEXTDELTA']._serialized_start=351
-  _globals['_TEXTDELTA']._serialized_end=395
-  _globals['_BOX']._serialized_start=397
-  _globals['_BOX']._serialized_end=450
-  _globals['_MASK']._serialized_start=452
-  _globals['_MASK']._serialized_end=505
-  _globals['_ENTITY']._serialized_start=508
-  _globals['_ENTITY']._serialized_end=661
-  _globals['_USAGE']._serialized_start=663
-  _globals['_USAGE']._serialized_end=720
-  _globals['_TIMINGS']._serialized_start=723
-  _globals['_TIMINGS']._serialized_end=856
-  _globals['_ENTITYTIMING']._serialized_start=858
-  _globals['_ENTITYTIMING']._serialized_end=954
-  _globals['_DONE']._serialized_start=957
-  _globals['_DONE']._serialized_end=1113
-  _globals['_CHATEVENT']._serialized_start=1115
-  _globals['_CHATEVENT']._serialized_end=1238
-  _globals['_GROUNDREQUEST']._serialized_start=1240
-  _globals['_GROUNDREQUEST']._serialized_end=1284
-  _globals['_GROUNDRESPONSE']._serialized_start=1286
-  _globals['_GROUNDRESPONSE']._serialized_end=1386
-  _globals['_BUBO']._serialized_start=1453
-  _globals['_BUBO']._serialized_end=1570
+  _globals['_SAMPLING']._serialized_start=89
+  _globals['_SAMPLING']._serialized_end=225
+  _globals['_CHATREQUEST']._serialized_start=228
+  _globals['_CHATREQUEST']._serialized_end=374
+  _globals['_TEXTDELTA']._serialized_start=376
+  _globals['_TEXTDELTA']._serialized_end=420
+  _globals['_BOX']._serialized_start=422
+  _globals['_BOX']._serialized_end=475
+  _globals['_MASK']._serialized_start=477
+  _globals['_MASK']._serialized_end=530
+  _globals['_ENTITY']._serialized_start=533
+  _globals['_ENTITY']._serialized_end=686
+  _globals['_USAGE']._serialized_start=688
+  _globals['_USAGE']._serialized_end=745
+  _globals['_TIMINGS']._serialized_start=748
+  _globals['_TIMINGS']._serialized_end=881
+  _globals['_ENTITYTIMING']._serialized_start=883
+  _globals['_ENTITYTIMING']._serialized_end=979
+  _globals['_DONE']._serialized_start=982
+  _globals['_DONE']._serialized_end=1138
+  _globals['_CHATEVENT']._serialized_start=1140
+  _globals['_CHATEVENT']._serialized_end=1263
+  _globals['_GROUNDREQUEST']._serialized_start=1265
+  _globals['_GROUNDREQUEST']._serialized_end=1309
+  _globals['_GROUNDRESPONSE']._serialized_start=1311
+  _globals['_GROUNDRESPONSE']._serialized_end=1411
+  _globals['_BUBO']._serialized_start=1478
+  _globals['_BUBO']._serialized_end=1595
 # @@protoc_insertion_point(module_scope)
