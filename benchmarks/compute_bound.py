@@ -37,11 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def front_end(repo: Path, modality: str):
     """The front end the repository's model for `modality` runs, with its settings (either layout)."""
     from bubogpt.onnx_embedder import FrontEnd
-
-    from export.repository import network_settings
+    from export.repository import EMBEDDING_MODELS, network_settings
 
     if json.loads((repo / "bubo_repository.json").read_text()).get("fused_embeds", False):
-        settings = network_settings(repo, {"image": "vision_encoder", "audio": "audio_encoder"}[modality])
+        settings = network_settings(repo, EMBEDDING_MODELS[modality][2])  # the fused model's, beside its encoder
     else:
         settings = json.loads((repo / f"{modality}_preprocess" / "1" / "bubo.json").read_text())
     return FrontEnd.from_settings(modality, settings), settings
@@ -63,17 +62,20 @@ def encode_all(requests, repo: Path, encoder_batch: int, stages: Stages) -> dict
     """Embeddings of every distinct picture and sound of `requests`, keyed by content hash."""
     import torch
 
-    from bubogpt.onnx_session import ort_session
-    from export.repository import network_onnx, network_settings
+    from bubogpt.onnx_embedder import OnnxEmbedder
+    from export.repository import EMBEDDING_MODELS, network_onnx, network_settings
 
-    front_ends = {modality: front_end(repo, modality) for modality in ("image", "audio")}
-    def session(name: str):  # with the thread settings the served model has
-        settings = network_settings(repo, name)
-        return ort_session(network_onnx(repo, name), intra_op_threads=int(settings.get("intra_op_threads", 0)),
-                           allow_spinning=bool(settings.get("allow_spinning", False)))
-
-    sessions = {name: session(name) for name in ("vision_encoder", "vision_qformer", "audio_encoder", "audio_qformer")}
-    torch.set_num_threads(int(front_ends["audio"][1].get("torch_threads", 1)))  # as the served audio front end runs
+    embedders, networks = {}, {}
+    for modality, (_, _, encoder, qformer) in EMBEDDING_MODELS.items():
+        front, settings = front_end(repo, modality)
+        # the thread settings the served model has (the fused model's, or the network's own)
+        threads = network_settings(repo, encoder)
+        embedders[modality] = OnnxEmbedder(front, network_onnx(repo, encoder), network_onnx(repo, qformer),
+                                           intra_op_threads=int(threads.get("intra_op_threads", 0)),
+                                           allow_spinning=bool(threads.get("allow_spinning", False)))
+        networks[modality] = (encoder, qformer)
+        if modality == "audio":
+            torch.set_num_threads(int(settings.get("torch_threads", 1)))  # as the served audio front end runs
 
     inputs: dict[str, dict[bytes, np.ndarray]] = {"image": {}, "audio": {}}
     for request in requests:
@@ -82,19 +84,19 @@ def encode_all(requests, repo: Path, encoder_batch: int, stages: Stages) -> dict
             if not data or key in inputs[modality]:
                 continue
             start = time.perf_counter()
-            array = front_ends[modality][0](data)
+            array = embedders[modality].front_end(data)
             stages.add(f"{modality} front end", time.perf_counter() - start)
             inputs[modality][key] = array
 
     embeds: dict[bytes, np.ndarray] = {}
-    for modality, encoder, qformer in (("image", "vision_encoder", "vision_qformer"), ("audio", "audio_encoder", "audio_qformer")):
+    for modality, (encoder, qformer) in networks.items():
         keys = list(inputs[modality])
         for lo in range(0, len(keys), encoder_batch):
             batch = np.stack([inputs[modality][k] for k in keys[lo:lo + encoder_batch]])
             start = time.perf_counter()
-            features = sessions[encoder].run(None, {sessions[encoder].get_inputs()[0].name: batch})[0]
+            features = embedders[modality].encode(batch)
             middle = time.perf_counter()
-            out = sessions[qformer].run(None, {sessions[qformer].get_inputs()[0].name: features})[0]
+            out = embedders[modality].project(features)
             stages.add(f"{encoder} (ONNX Runtime)", middle - start, len(batch))
             stages.add(f"{qformer} (ONNX Runtime)", time.perf_counter() - middle, len(batch))
             embeds.update(zip(keys[lo:lo + encoder_batch], out))

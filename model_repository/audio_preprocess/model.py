@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from bubogpt.audio_features import AudioDecodeError, audio_bytes_to_clips
-from bubogpt.config import AudioEncoderConfig
+from bubogpt.audio_features import AudioDecodeError
+from bubogpt.onnx_embedder import FrontEnd
 
 
 class TritonPythonModel:
@@ -20,8 +20,7 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         with open(os.path.join(version_dir, "bubo.json")) as handle:
             settings = json.load(handle)
-        self.config = AudioEncoderConfig(**settings["audio"])
-        self.max_seconds = float(settings["max_seconds"])
+        self.front_end = FrontEnd.from_settings("audio", settings)  # what the fused audio_embed runs too
         torch.set_num_threads(int(settings.get("torch_threads", 1)))
 
     def execute(self, requests):
@@ -29,9 +28,9 @@ class TritonPythonModel:
         for request in requests:
             audios = pb_utils.get_input_tensor_by_name(request, "AUDIO").as_numpy().reshape(-1)
             try:
-                clips = np.stack([audio_bytes_to_clips(bytes(data), self.config, max_seconds=self.max_seconds).numpy() for data in audios])
+                clips = np.stack([self.front_end(bytes(data)) for data in audios])
             except AudioDecodeError as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"AUDIO: {exc}", pb_utils.TritonError.INVALID_ARG)))
                 continue
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("CLIPS", clips.astype(np.float32))]))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("CLIPS", clips)]))
         return responses
